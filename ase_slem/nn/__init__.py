@@ -1,0 +1,1 @@
+"""SLEM / LEM networks for LCAO quantum operators (torch only)."""

@@ -1,0 +1,128 @@
+"""Edge frames: the rotation that takes e3nn's polar axis (y) onto an edge direction.
+
+For an edge direction ``r_hat`` with e3nn angles ``(alpha, beta)`` (``o3.xyz_to_angles``),
+``R = R_y(alpha) R_x(beta)`` maps ``y`` to ``r_hat``.  Its Wigner matrix of degree l is
+factorised as
+
+    D_l(R) = Y_l(alpha) K_l Y_l(beta) K_l^T
+
+with ``Y_l(t)`` the rotation about y (in e3nn's real basis it only couples m with -m:
+``(Y v)_m = cos(m t) v_m - sin(m t) v_{-m}``) and ``K_l`` the constant Wigner matrix of a
+fixed rotation Q with ``Q y = x``, so that ``R_x(b) = Q R_y(b) Q^T``.  Applying D or D^T to
+features therefore costs two dense products with *constant* matrices (large GEMMs shared
+by all edges) and two element-wise steps: O(l^2) per irrep, O(l^3) per edge in total.
+
+The edge frame is unique up to a rotation about the edge axis; every operation done in the
+frame (SO(2) convolution, Slater-Koster blocks) commutes with those, so results do not
+depend on that choice.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import List
+
+import torch
+from torch import Tensor
+
+
+def _constant_k(lmax: int, dtype=torch.float64) -> Tensor:
+    """K_l = D_l(Q) for all l <= lmax, zero padded to (lmax+1, 2lmax+1, 2lmax+1)."""
+    from e3nn import o3
+
+    q = torch.tensor([[0.0, 1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    n = 2 * lmax + 1
+    k = torch.zeros(lmax + 1, n, n, dtype=torch.float64)
+    for l in range(lmax + 1):
+        k[l, : 2 * l + 1, : 2 * l + 1] = o3.Irrep(l, 1).D_from_matrix(q)
+    return k.to(dtype)
+
+
+def edge_angles(vec: Tensor):
+    """e3nn angles (alpha, beta) of edge vectors ``(E, 3)`` (any length > 0).
+
+    ``beta`` uses atan2 (stable near the poles), same values as ``o3.xyz_to_angles``.
+    """
+    x, y, z = vec[:, 0], vec[:, 1], vec[:, 2]
+    alpha = torch.atan2(x, z)
+    beta = torch.atan2(torch.sqrt(x * x + z * z), y)
+    return alpha, beta
+
+
+class EdgeFrame(torch.nn.Module):
+    """Computes per-edge rotation tables and applies D_l / D_l^T to irrep blocks.
+
+    ``frame = EdgeFrame(lmax)(vec)`` is a tensor ``(E, 4, 2 lmax + 1)`` holding
+    cos(m alpha), sin(m alpha), cos(m beta), sin(m beta) for m = -lmax..lmax.
+    """
+
+    lmax: int
+
+    def __init__(self, lmax: int):
+        super().__init__()
+        self.lmax = int(lmax)
+        self.register_buffer("K", _constant_k(self.lmax, torch.get_default_dtype()))
+        self.register_buffer(
+            "m_values", torch.arange(-self.lmax, self.lmax + 1, dtype=torch.get_default_dtype())
+        )
+
+    def forward(self, vec: Tensor) -> Tensor:
+        alpha, beta = edge_angles(vec)
+        ma = alpha[:, None] * self.m_values
+        mb = beta[:, None] * self.m_values
+        return torch.stack([torch.cos(ma), torch.sin(ma), torch.cos(mb), torch.sin(mb)], dim=1)
+
+
+def _tables(frame: Tensor, l: int, lmax: int):
+    lo = lmax - l
+    hi = lmax + l + 1
+    t = frame[:, :, lo:hi]
+    # shape (E, 1, 2l+1) so that they broadcast over channels
+    return t[:, 0:1], t[:, 1:2], t[:, 2:3], t[:, 3:4]
+
+
+def to_frame(x: Tensor, frame: Tensor, k: Tensor, l: int, lmax: int) -> Tensor:
+    """D_l^T x for ``x`` of shape ``(E, mul, 2l+1)``: features in the edge frame."""
+    if l == 0:
+        return x
+    ca, sa, cb, sb = _tables(frame, l, lmax)
+    kl = k[l, : 2 * l + 1, : 2 * l + 1]
+    v = ca * x + sa * x.flip(-1)  # Y(-alpha)
+    v = torch.matmul(v, kl)  # K^T
+    v = cb * v + sb * v.flip(-1)  # Y(-beta)
+    return torch.matmul(v, kl.t())  # K
+
+
+def from_frame(x: Tensor, frame: Tensor, k: Tensor, l: int, lmax: int) -> Tensor:
+    """D_l x for ``x`` of shape ``(E, mul, 2l+1)``: back from the edge frame."""
+    if l == 0:
+        return x
+    ca, sa, cb, sb = _tables(frame, l, lmax)
+    kl = k[l, : 2 * l + 1, : 2 * l + 1]
+    v = torch.matmul(x, kl)  # K^T
+    v = cb * v - sb * v.flip(-1)  # Y(beta)
+    v = torch.matmul(v, kl.t())  # K
+    return ca * v - sa * v.flip(-1)  # Y(alpha)
+
+
+def wigner_d(frame: Tensor, k: Tensor, l: int, lmax: int) -> Tensor:
+    """Dense per-edge Wigner matrices D_l(R_edge), shape ``(E, 2l+1, 2l+1)``."""
+    n = 2 * l + 1
+    eye = torch.eye(n, dtype=frame.dtype, device=frame.device).expand(frame.shape[0], n, n)
+    # rows of the result are D e_k, i.e. columns of D
+    return from_frame(eye, frame, k, l, lmax).transpose(1, 2)
+
+
+def wigner_d_all(frame: Tensor, k: Tensor, lmax: int) -> List[Tensor]:
+    return [wigner_d(frame, k, l, lmax) for l in range(lmax + 1)]
+
+
+def sh_from_frame(frame: Tensor, k: Tensor, l: int, lmax: int) -> Tensor:
+    """Spherical harmonics Y_l(r_hat) (e3nn 'component' normalisation) as D_l[:, m=0] sqrt(2l+1).
+
+    Used by tests to cross-check the frames against ``e3nn.o3.spherical_harmonics``.
+    """
+    n = 2 * l + 1
+    e = torch.zeros(frame.shape[0], 1, n, dtype=frame.dtype, device=frame.device)
+    e[:, 0, l] = math.sqrt(n)
+    return from_frame(e, frame, k, l, lmax)[:, 0]
