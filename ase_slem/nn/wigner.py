@@ -17,7 +17,6 @@ frame (SO(2) convolution, Slater-Koster blocks) commutes with those, so results 
 depend on that choice.
 """
 
-from __future__ import annotations
 
 import math
 from typing import List

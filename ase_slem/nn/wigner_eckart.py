@@ -15,7 +15,6 @@ rows/columns past an atom's own count are zero) and converted by one dense produ
 block-diagonal orthogonal matrix plus an index gather chosen by the pair's species.
 """
 
-from __future__ import annotations
 
 import math
 from functools import lru_cache
