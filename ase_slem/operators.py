@@ -376,22 +376,29 @@ class RealSpaceOperator:
     # k-space
     # ------------------------------------------------------------------------------------------
     def _plan(self):
-        """Per group: order sorting blocks by atom pair, reduceat starts, flat destination index."""
+        """Per group: start of each atom pair's run of blocks, flat destination index, weights.
+
+        Blocks inside a group are stored sorted by atom pair (then R) by ``_pack``, so the blocks
+        of one pair (i, j) at different R form a contiguous run summing into one destination.
+        """
         if self._bloch_plan is None:
             plan = []
             n = self.norb
             for grp in self._groups:
                 gi, gj = self.i[grp.start : grp.stop], self.j[grp.start : grp.stop]
                 pair = gi * self.natoms + gj
-                order = np.argsort(pair, kind="stable")
-                upair, starts = np.unique(pair[order], return_index=True)
+                if np.any(np.diff(pair) < 0):  # pragma: no cover - guaranteed by _pack
+                    raise AssertionError("blocks of a group must be sorted by atom pair")
+                upair, starts = np.unique(pair, return_index=True)
                 pi, pj = upair // self.natoms, upair % self.natoms
                 rows = self.offsets[pi][:, None, None] + np.arange(grp.ni)[None, :, None]
                 cols = self.offsets[pj][:, None, None] + np.arange(grp.nj)[None, None, :]
-                flat = (rows * n + cols).reshape(-1)
+                flat = (rows * n + cols).reshape(len(upair), -1)
+                mirror = (np.swapaxes(cols, 1, 2) * n + np.swapaxes(rows, 1, 2)).reshape(len(upair), -1)
+                self_pair = pi == pj
                 onsite = (gi == gj) & ~self.R[grp.start : grp.stop].any(axis=1)
-                weight = np.where(onsite, 0.5, 1.0)[order]  # onsite blocks are split over T and T^H
-                plan.append((order, starts, flat, weight))
+                weight = np.where(onsite, 0.5, 1.0)  # onsite blocks are split over T and T^H
+                plan.append((starts, flat, mirror, self_pair, weight))
             self._bloch_plan = plan
         return self._bloch_plan
 
@@ -399,27 +406,39 @@ class RealSpaceOperator:
         """O(k) = sum_R exp(2 pi i k.R) O(R): complex (nk, norb, norb), or (norb, norb) for one k.
 
         ``kpts`` are fractional coordinates of the reciprocal cell, shape (nk, 3) or (3,).
-        Vectorized over blocks and k-points; k-points are processed in batches so that the
-        temporary per-block arrays stay under ``max_bytes``.
+        Vectorized over blocks and k-points: per shape group, the phase-weighted sum over R of
+        each atom pair's blocks is one sparse (nk * npairs, nblocks) @ dense (nblocks, ni * nj)
+        product.  k-points are batched so that temporaries stay under ``max_bytes``.
         """
+        import scipy.sparse as sp
+
         k, single = as_kpoints(kpts)
         if not self.periodic and np.any(np.abs(k) > 0):
             raise OperatorError(f"{self.name} is molecular (no periodic boundary conditions): only k = Gamma exists")
         n = self.norb
         out = np.zeros((len(k), n * n), dtype=complex)
         plan = self._plan()
-        per_k = max(1, sum(g.data.size for g in self._groups)) * 16
+        per_k = 16 * max([len(p[0]) * g.ni * g.nj for g, p in zip(self._groups, plan)] + [1])
         batch = max(1, int(max_bytes // per_k))
         for s in range(0, len(k), batch):
             kb = k[s : s + batch]
-            for grp, (order, starts, flat, weight) in zip(self._groups, plan):
-                R = self.R[grp.start : grp.stop][order]
-                phase = np.exp(2j * np.pi * (kb @ R.T)) * weight  # (nkb, nblk)
-                contrib = phase[:, :, None, None] * grp.data[order][None]
-                summed = np.add.reduceat(contrib, starts, axis=1)
-                out[s : s + batch, flat] = summed.reshape(len(kb), -1)
+            nkb = len(kb)
+            for grp, (starts, flat, mirror, self_pair, weight) in zip(self._groups, plan):
+                nblk = grp.stop - grp.start
+                phase = np.exp(2j * np.pi * (kb @ self.R[grp.start : grp.stop].T)) * weight  # (nkb, nblk)
+                indptr = np.concatenate([(starts[None, :] + nblk * np.arange(nkb)[:, None]).ravel(), [nkb * nblk]])
+                gather = sp.csr_matrix(
+                    (phase.ravel(), np.tile(np.arange(nblk), nkb), indptr), shape=(nkb * len(starts), nblk)
+                )
+                # T(k) summed over R per atom pair: (nkb, npairs, ni, nj); O(k) = T + T^H
+                t = (gather @ grp.data.reshape(nblk, -1)).reshape(nkb, len(starts), grp.ni, grp.nj)
+                th = np.conj(np.swapaxes(t, 2, 3)).reshape(nkb, len(starts), -1)
+                t = t.reshape(nkb, len(starts), -1)
+                t[:, self_pair] += th[:, self_pair]
+                out[s : s + nkb, flat] = t
+                other = ~self_pair
+                out[s : s + nkb, mirror[other]] = th[:, other]
         out = out.reshape(len(k), n, n)
-        out += np.conj(out.transpose(0, 2, 1))
         return out[0] if single else out
 
     def _coo(self) -> tuple[np.ndarray, np.ndarray]:
