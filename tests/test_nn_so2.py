@@ -12,6 +12,8 @@ from ase_slem.nn.irreps import Irreps  # noqa: E402
 from ase_slem.nn.so2 import SO2Conv  # noqa: E402
 from ase_slem.nn.wigner import EdgeFrame, sh_from_frame, wigner_d  # noqa: E402
 
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+
 
 @pytest.fixture(autouse=True)
 def _f64():

@@ -30,16 +30,19 @@ class PairNormalization(torch.nn.Module):
         self.register_buffer("sigma", torch.ones(n_types, n_ch))
         self.register_buffer("mu", torch.zeros(n_types, n_ch))
 
+    def _mu(self, pair_type: Tensor) -> Tensor:
+        # the bias only ever acts on 0e channels (anything else would break equivariance)
+        mu = self.mu * self.scalar_channel.to(self.mu.dtype)
+        return mu.index_select(0, pair_type).index_select(1, self.comp_channel)
+
     def forward(self, x: Tensor, pair_type: Tensor) -> Tensor:
         sig = self.sigma.index_select(0, pair_type).index_select(1, self.comp_channel)
-        mu = self.mu.index_select(0, pair_type).index_select(1, self.comp_channel)
-        return x * sig + mu
+        return x * sig + self._mu(pair_type)
 
     def inverse(self, y: Tensor, pair_type: Tensor) -> Tensor:
         """``(y - mu) / sigma``: normalised targets for a loss."""
         sig = self.sigma.index_select(0, pair_type).index_select(1, self.comp_channel)
-        mu = self.mu.index_select(0, pair_type).index_select(1, self.comp_channel)
-        return (y - mu) / sig
+        return (y - self._mu(pair_type)) / sig
 
     @torch.jit.unused
     def set_statistics(self, mu: Tensor, sigma: Tensor) -> None:

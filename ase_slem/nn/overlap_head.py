@@ -149,7 +149,7 @@ class SKOverlapHead(torch.nn.Module):
         sp = torch.gather(sk, 1, self.frame_index.index_select(0, t)).view(n, M, M)
         ds: List[Tensor] = []
         for l in range(self.lmax_basis + 1):
-            ds.append(wigner_d(frame, self.K, l, self.lmax_frame).reshape(n, -1))
+            ds.append(wigner_d(frame, self.K, l, self.lmax_frame).reshape(n, (2 * l + 1) * (2 * l + 1)))
         ds.append(x0.new_zeros(n, 1))
         dcat = torch.cat(ds, dim=1)
         di = torch.gather(dcat, 1, self.rot_index.index_select(0, species_i)).view(n, M, M)

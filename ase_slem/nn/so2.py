@@ -182,7 +182,7 @@ class SO2Conv(torch.nn.Module):
             s = self.in_starts[i]
             mul = self.in_muls[i]
             blk = x[:, s : s + mul * (2 * l + 1)].reshape(n_edge, mul, 2 * l + 1)
-            parts.append(to_frame(blk, frame, self.K, l, self.lmax_frame).reshape(n_edge, -1))
+            parts.append(to_frame(blk, frame, self.K, l, self.lmax_frame).reshape(n_edge, mul * (2 * l + 1)))
         x = torch.cat(parts, dim=1).index_select(1, self.in_m_index)
         # SO(2) linear map, one GEMM per m
         w = self.weight * self.weight_mask
@@ -211,5 +211,5 @@ class SO2Conv(torch.nn.Module):
             s = self.out_starts[i]
             mul = self.out_muls[i]
             blk = y[:, s : s + mul * (2 * l + 1)].reshape(n_edge, mul, 2 * l + 1)
-            parts.append(from_frame(blk, frame, self.K, l, self.lmax_frame).reshape(n_edge, -1))
+            parts.append(from_frame(blk, frame, self.K, l, self.lmax_frame).reshape(n_edge, mul * (2 * l + 1)))
         return torch.cat(parts, dim=1)
