@@ -22,7 +22,6 @@ import torch
 from torch import Tensor
 
 from .layers import MLP
-from .wigner import _constant_k, wigner_d
 
 
 def _offsets(shells: Sequence[int]) -> List[int]:
@@ -107,7 +106,6 @@ class SKOverlapHead(torch.nn.Module):
                     for j in range(n):
                         rot_index[a, (oa[ia] + i) * M + oa[ia] + j] = d_off[la] + i * n + j
         self.register_buffer("rot_index", rot_index)
-        self.register_buffer("K", _constant_k(self.lmax_frame, torch.get_default_dtype()))
 
         # onsite constants
         onsite_slots: List[Tuple[int, int, int]] = []
@@ -140,18 +138,18 @@ class SKOverlapHead(torch.nn.Module):
         species_i: Tensor,
         species_j: Tensor,
     ) -> Tensor:
-        """Bond blocks ``(E, M, M)`` for edges with two-body scalars ``x0`` ``(E, latent)``."""
+        """Bond blocks ``(E, M, M)`` for edges with two-body scalars ``x0`` ``(E, latent)``.
+
+        ``frame``: packed Wigner matrices of the edges (:class:`~ase_slem.nn.wigner.EdgeFrame`).
+        """
         n = x0.shape[0]
         M = self.max_norb
         sk = self.mlp(x0) * envelope.unsqueeze(1)
         sk = torch.cat([sk, sk.new_zeros(n, 1)], dim=1)
         t = species_i * self.n_species + species_j
         sp = torch.gather(sk, 1, self.frame_index.index_select(0, t)).view(n, M, M)
-        ds: List[Tensor] = []
-        for l in range(self.lmax_basis + 1):
-            ds.append(wigner_d(frame, self.K, l, self.lmax_frame).reshape(n, (2 * l + 1) * (2 * l + 1)))
-        ds.append(x0.new_zeros(n, 1))
-        dcat = torch.cat(ds, dim=1)
+        # packed Wigner matrices start with D_0, D_1, ... in the layout of rot_index
+        dcat = torch.cat([frame[:, : self.d_size], x0.new_zeros(n, 1)], dim=1)
         di = torch.gather(dcat, 1, self.rot_index.index_select(0, species_i)).view(n, M, M)
         dj = torch.gather(dcat, 1, self.rot_index.index_select(0, species_j)).view(n, M, M)
         return torch.bmm(torch.bmm(di, sp), dj.transpose(1, 2))

@@ -37,15 +37,15 @@ import torch
 from torch import Tensor
 
 from .irreps import Irreps
-from .wigner import _constant_k, from_frame, to_frame
+from .wigner import packed_sizes
 
 
 class SO2Conv(torch.nn.Module):
     """Equivariant edge-frame linear map ``irreps_in -> irreps_out.sorted()``.
 
     ``forward(x, frame, edge_weight)``: ``x`` ``(E, irreps_in.dim)`` in any block order,
-    ``frame`` from :class:`~ase_slem.nn.wigner.EdgeFrame` (built with ``lmax >=`` every l
-    here), ``edge_weight`` ``(E, irreps_in.num_channels)`` or ``None``.  Returns
+    ``frame`` the packed Wigner matrices from :class:`~ase_slem.nn.wigner.EdgeFrame`
+    (built with ``lmax = lmax_frame``), ``edge_weight`` ``(E, irreps_in.num_channels)`` or ``None``.  Returns
     ``(E, irreps_out.sorted().dim)``.
     """
 
@@ -68,7 +68,7 @@ class SO2Conv(torch.nn.Module):
         self.dim_in = irreps_in.dim
         self.dim_out = outs.dim
         dt = torch.get_default_dtype()
-        self.register_buffer("K", _constant_k(self.lmax_frame, dt))
+        self.frame_sizes: List[int] = packed_sizes(self.lmax_frame)
 
         perm = irreps_in.sort_permutation()
         self.use_perm_in = perm != list(range(self.dim_in))
@@ -144,6 +144,13 @@ class SO2Conv(torch.nn.Module):
         self.n_in = n_in
         self.n_out = n_out
         self.w_offsets = w_offsets
+        self.w_sizes: List[int] = []
+        self.m_sizes: List[int] = []
+        for m in range(mmax + 1):
+            self.w_sizes += [n_in[m] * n_out[m], n_in[m] * n_out[m]]
+            self.m_sizes.append(n_in[m] if m == 0 else 2 * n_in[m])
+        self.in_sizes: List[int] = [mu * (2 * l + 1) for l, mu in zip(self.in_ls, self.in_muls)]
+        self.out_sizes: List[int] = [mu * (2 * l + 1) for l, mu in zip(self.out_ls, self.out_muls)]
         self.register_buffer("in_m_index", torch.tensor(in_index, dtype=torch.long))
         # output: sorted layout position -> m-major position (zero slot for components
         # with |m| > mmax, which the frame map cannot produce)
@@ -170,46 +177,60 @@ class SO2Conv(torch.nn.Module):
 
     # -----------------------------------------------------------------------
     def forward(self, x: Tensor, frame: Tensor, edge_weight: Optional[Tensor] = None) -> Tensor:
+        # Slicing is done with torch.split everywhere: its backward is a single cat,
+        # whereas every basic slice would allocate and zero a full-size gradient.
         n_edge = x.shape[0]
         if edge_weight is not None:
             x = x * edge_weight.index_select(1, self.in_comp_channel)
         if self.use_perm_in:
             x = x.index_select(1, self.perm_in)
-        # rotate into the edge frame
+        # rotate into the edge frame: rows x_c -> x_c D (= (D^T x_c)^T)
+        wig = torch.split(frame, self.frame_sizes, dim=1)
         parts: List[Tensor] = []
+        blocks = torch.split(x, self.in_sizes, dim=1)
         for i in range(len(self.in_ls)):
             l = self.in_ls[i]
-            s = self.in_starts[i]
             mul = self.in_muls[i]
-            blk = x[:, s : s + mul * (2 * l + 1)].reshape(n_edge, mul, 2 * l + 1)
-            parts.append(to_frame(blk, frame, self.K, l, self.lmax_frame).reshape(n_edge, mul * (2 * l + 1)))
+            if l == 0:
+                parts.append(blocks[i])
+                continue
+            blk = blocks[i].reshape(n_edge, mul, 2 * l + 1)
+            parts.append(torch.bmm(blk, wig[l].view(n_edge, 2 * l + 1, 2 * l + 1)).reshape(n_edge, mul * (2 * l + 1)))
         x = torch.cat(parts, dim=1).index_select(1, self.in_m_index)
-        # SO(2) linear map, one GEMM per m
-        w = self.weight * self.weight_mask
+        # SO(2) linear map per m.  For m > 0 it is a complex product
+        # (W1 + i W2)(x+ + i x-), done with three real GEMMs.
+        w = torch.split(self.weight * self.weight_mask, self.w_sizes)
+        xs = torch.split(x, self.m_sizes, dim=1)
         outs: List[Tensor] = []
-        pos = 0
         for m in range(self.mmax + 1):
             ni = self.n_in[m]
             no = self.n_out[m]
-            off = self.w_offsets[m]
-            w1 = w[off : off + ni * no].view(ni, no)
+            w1 = w[2 * m].view(ni, no)
             if m == 0:
-                outs.append(torch.matmul(x[:, pos : pos + ni], w1))
-                pos += ni
+                outs.append(torch.matmul(xs[0], w1))
             else:
-                w2 = w[off + ni * no : off + 2 * ni * no].view(ni, no)
-                big = torch.cat([torch.cat([w1, w2], 1), torch.cat([-w2, w1], 1)], 0)
-                outs.append(torch.matmul(x[:, pos : pos + 2 * ni], big))
-                pos += 2 * ni
+                w2 = w[2 * m + 1].view(ni, no)
+                xpn = torch.split(xs[m], [ni, ni], dim=1)
+                xp = xpn[0]
+                xn = xpn[1]
+                k1 = torch.matmul(xp + xn, w1)
+                k2 = torch.matmul(xn, w1 + w2)
+                k3 = torch.matmul(xp, w2 - w1)
+                outs.append(k1 - k2)
+                outs.append(k1 + k3)
         if self.needs_zero_slot:
             outs.append(x.new_zeros(n_edge, 1))
         y = torch.cat(outs, dim=1).index_select(1, self.out_index)
         # rotate back
         parts = []
+        blocks = torch.split(y, self.out_sizes, dim=1)
         for i in range(len(self.out_ls)):
             l = self.out_ls[i]
-            s = self.out_starts[i]
             mul = self.out_muls[i]
-            blk = y[:, s : s + mul * (2 * l + 1)].reshape(n_edge, mul, 2 * l + 1)
-            parts.append(from_frame(blk, frame, self.K, l, self.lmax_frame).reshape(n_edge, mul * (2 * l + 1)))
+            if l == 0:
+                parts.append(blocks[i])
+                continue
+            blk = blocks[i].reshape(n_edge, mul, 2 * l + 1)
+            d = wig[l].view(n_edge, 2 * l + 1, 2 * l + 1)
+            parts.append(torch.bmm(blk, d.transpose(1, 2)).reshape(n_edge, mul * (2 * l + 1)))
         return torch.cat(parts, dim=1)

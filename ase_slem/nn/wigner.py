@@ -49,10 +49,13 @@ def edge_angles(vec: Tensor):
 
 
 class EdgeFrame(torch.nn.Module):
-    """Computes per-edge rotation tables and applies D_l / D_l^T to irrep blocks.
+    """Per-edge Wigner matrices of the rotation taking y onto each edge direction.
 
-    ``frame = EdgeFrame(lmax)(vec)`` is a tensor ``(E, 4, 2 lmax + 1)`` holding
-    cos(m alpha), sin(m alpha), cos(m beta), sin(m beta) for m = -lmax..lmax.
+    ``EdgeFrame(lmax)(vec)`` returns the packed tensor ``(E, sum_l (2l+1)^2)``: for
+    l = 0..lmax the row-major ``D_l(R_edge)``.  Computed once per forward pass and shared
+    by every SO(2) convolution (rotating features is then one batched product per l).
+    :meth:`tables` gives the cos/sin tables ``(E, 4, 2 lmax + 1)`` (cos(m alpha),
+    sin(m alpha), cos(m beta), sin(m beta), m = -lmax..lmax) used to build them.
     """
 
     lmax: int
@@ -65,11 +68,33 @@ class EdgeFrame(torch.nn.Module):
             "m_values", torch.arange(-self.lmax, self.lmax + 1, dtype=torch.get_default_dtype())
         )
 
-    def forward(self, vec: Tensor) -> Tensor:
+    def tables(self, vec: Tensor) -> Tensor:
         alpha, beta = edge_angles(vec)
         ma = alpha[:, None] * self.m_values
         mb = beta[:, None] * self.m_values
         return torch.stack([torch.cos(ma), torch.sin(ma), torch.cos(mb), torch.sin(mb)], dim=1)
+
+    def forward(self, vec: Tensor) -> Tensor:
+        t = self.tables(vec)
+        n = vec.shape[0]
+        parts: List[Tensor] = []
+        for l in range(self.lmax + 1):
+            parts.append(wigner_d(t, self.K, l, self.lmax).reshape(n, (2 * l + 1) * (2 * l + 1)))
+        return torch.cat(parts, dim=1)
+
+
+def packed_sizes(lmax: int) -> List[int]:
+    return [(2 * l + 1) * (2 * l + 1) for l in range(lmax + 1)]
+
+
+def unpack_wigner(packed: Tensor, lmax: int) -> List[Tensor]:
+    """Split the packed ``(E, sum (2l+1)^2)`` tensor into ``[D_0, ..., D_lmax]`` (E, 2l+1, 2l+1)."""
+    n = packed.shape[0]
+    parts = torch.split(packed, packed_sizes(lmax), dim=1)
+    out: List[Tensor] = []
+    for l in range(lmax + 1):
+        out.append(parts[l].view(n, 2 * l + 1, 2 * l + 1))
+    return out
 
 
 def _tables(frame: Tensor, l: int, lmax: int):
@@ -105,23 +130,16 @@ def from_frame(x: Tensor, frame: Tensor, k: Tensor, l: int, lmax: int) -> Tensor
 
 
 def wigner_d(frame: Tensor, k: Tensor, l: int, lmax: int) -> Tensor:
-    """Dense per-edge Wigner matrices D_l(R_edge), shape ``(E, 2l+1, 2l+1)``."""
+    """Dense per-edge Wigner matrices D_l(R_edge), shape ``(E, 2l+1, 2l+1)``, from tables."""
     n = 2 * l + 1
     eye = torch.eye(n, dtype=frame.dtype, device=frame.device).expand(frame.shape[0], n, n)
     # rows of the result are D e_k, i.e. columns of D
     return from_frame(eye, frame, k, l, lmax).transpose(1, 2)
 
 
-def wigner_d_all(frame: Tensor, k: Tensor, lmax: int) -> List[Tensor]:
-    return [wigner_d(frame, k, l, lmax) for l in range(lmax + 1)]
-
-
-def sh_from_frame(frame: Tensor, k: Tensor, l: int, lmax: int) -> Tensor:
-    """Spherical harmonics Y_l(r_hat) (e3nn 'component' normalisation) as D_l[:, m=0] sqrt(2l+1).
+def sh_from_wigner(d: Tensor, l: int) -> Tensor:
+    """Spherical harmonics Y_l(r_hat) (e3nn 'component' normalisation) = sqrt(2l+1) D_l[:, :, m=0].
 
     Used by tests to cross-check the frames against ``e3nn.o3.spherical_harmonics``.
     """
-    n = 2 * l + 1
-    e = torch.zeros(frame.shape[0], 1, n, dtype=frame.dtype, device=frame.device)
-    e[:, 0, l] = math.sqrt(n)
-    return from_frame(e, frame, k, l, lmax)[:, 0]
+    return math.sqrt(2 * l + 1) * d[:, :, l]
