@@ -121,3 +121,15 @@ def test_so2_scriptable():
     x = torch.randn(4, conv.irreps_in.dim)
     fr = EdgeFrame(conv.lmax_frame)(vec)
     assert torch.allclose(scripted(x, fr, None), conv(x, fr, None), atol=1e-12)
+
+
+def test_edge_weights_act_per_input_channel():
+    irr_in = Irreps([(2, 1, -1), (1, 0, 1), (2, 1, 1), (1, 2, -1), (3, 0, -1)])  # unsorted
+    conv = SO2Conv(irr_in, Irreps.full(2, 2))
+    n = 4
+    vec = torch.randn(n, 3)
+    x = torch.randn(n, irr_in.dim)
+    ew = torch.randn(n, irr_in.num_channels)
+    ch = torch.tensor([r[0] for r in irr_in.component_table()])
+    frame = EdgeFrame(conv.lmax_frame)(vec)
+    assert torch.allclose(conv(x, frame, ew), conv(x * ew[:, ch], frame, None), atol=1e-12)

@@ -73,11 +73,14 @@ class SO2Conv(torch.nn.Module):
         perm = irreps_in.sort_permutation()
         self.use_perm_in = perm != list(range(self.dim_in))
         self.register_buffer("perm_in", torch.tensor(perm, dtype=torch.long))
-        # per input component: its channel (edge weight index), in the original layout
-        self.register_buffer(
-            "in_comp_channel",
-            torch.tensor([r[0] for r in irreps_in.component_table()], dtype=torch.long),
-        )
+        # channel order of the sorted input: sorted channel k is original channel perm[k]
+        ch_groups = {}
+        ch = 0
+        for mul, l, p in irreps_in.blocks:
+            ch_groups.setdefault((l, p), []).extend(range(ch, ch + mul))
+            ch += mul
+        ch_perm = [c for key in sorted(ch_groups, key=lambda k: (k[0], -k[1])) for c in ch_groups[key]]
+        self.register_buffer("in_channel_perm", torch.tensor(ch_perm, dtype=torch.long))
 
         # rotation blocks: in sorted layouts all irreps of one l are contiguous
         def rot_blocks(irr: Irreps):
@@ -180,10 +183,12 @@ class SO2Conv(torch.nn.Module):
         # Slicing is done with torch.split everywhere: its backward is a single cat,
         # whereas every basic slice would allocate and zero a full-size gradient.
         n_edge = x.shape[0]
-        if edge_weight is not None:
-            x = x * edge_weight.index_select(1, self.in_comp_channel)
         if self.use_perm_in:
             x = x.index_select(1, self.perm_in)
+        ews: List[Tensor] = []
+        if edge_weight is not None:
+            # per-channel scalars commute with rotations: applied per l block below
+            ews = torch.split(edge_weight.index_select(1, self.in_channel_perm), self.in_muls, dim=1)
         # rotate into the edge frame: rows x_c -> x_c D (= (D^T x_c)^T)
         wig = torch.split(frame, self.frame_sizes, dim=1)
         parts: List[Tensor] = []
@@ -191,11 +196,12 @@ class SO2Conv(torch.nn.Module):
         for i in range(len(self.in_ls)):
             l = self.in_ls[i]
             mul = self.in_muls[i]
-            if l == 0:
-                parts.append(blocks[i])
-                continue
             blk = blocks[i].reshape(n_edge, mul, 2 * l + 1)
-            parts.append(torch.bmm(blk, wig[l].view(n_edge, 2 * l + 1, 2 * l + 1)).reshape(n_edge, mul * (2 * l + 1)))
+            if edge_weight is not None:
+                blk = blk * ews[i].unsqueeze(2)
+            if l > 0:
+                blk = torch.bmm(blk, wig[l].view(n_edge, 2 * l + 1, 2 * l + 1))
+            parts.append(blk.reshape(n_edge, mul * (2 * l + 1)))
         x = torch.cat(parts, dim=1).index_select(1, self.in_m_index)
         # SO(2) linear map per m.  For m > 0 it is a complex product
         # (W1 + i W2)(x+ + i x-), done with three real GEMMs.
