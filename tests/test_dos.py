@@ -21,9 +21,13 @@ from ase_slem.dos import (
     state_projections,
 )
 from ase_slem.kmesh import monkhorst_pack
-from test_kmesh import sk_sp_operators  # symmetric s/p Slater–Koster model
-
-SI_INSULATOR = dict(cutoff=3.0, onsite={"Si": (-5.0, 1.0)})  # nearest neighbours: indirect gap 2.3 eV
+from ase_slem.tightbinding import (
+    BondParameters,
+    SlaterKosterParameters,
+    graphene_pz,
+    silicon_parameters,
+    slater_koster_operators,
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -59,6 +63,25 @@ def simple_cubic(t=-1.0):
     return atoms, H, S
 
 
+def silicon():
+    """Diamond Si with the sp3 Slater–Koster model of ase_slem.tightbinding (8 electrons, a gap)."""
+    atoms = bulk("Si", "diamond", a=5.43)
+    return (atoms, *slater_koster_operators(atoms))
+
+
+def silicon_carbide():
+    """Zincblende SiC, sp model: two elements, no inversion."""
+    atoms = bulk("SiC", "zincblende", a=4.36)
+    hop = {"ss_sigma": -1.9, "sp_sigma": 1.7, "ps_sigma": -2.1, "pp_sigma": 2.9, "pp_pi": -1.0}
+    params = SlaterKosterParameters(
+        onsite={"Si": {"s": -4.0, "p": 1.5}, "C": {"s": -7.0, "p": 0.0}},
+        bonds={("Si", "C"): BondParameters(r0=1.89, hopping=hop, overlap={k: 0.04 * v for k, v in hop.items()})},
+        cutoff=2.5,
+        cutoff_width=0.3,
+    )
+    return (atoms, *slater_koster_operators(atoms, params=params))
+
+
 def simple_cubic_exact_count(E: np.ndarray, t=-1.0, m=600) -> np.ndarray:
     """Electrons below E of the simple cubic band: kz integrated analytically, kx, ky on a fine grid."""
     c = np.cos(2 * np.pi * (np.arange(m) + 0.5) / m)
@@ -87,8 +110,7 @@ def test_smeared_dos_integrates_to_two_states_per_band(method, width):
 
 
 def test_tetrahedron_dos_conserves_states_exactly():
-    atoms = bulk("Si")
-    H, S = sk_sp_operators(atoms, **SI_INSULATOR)
+    atoms, H, S = silicon()
     km = monkhorst_pack(atoms, 4)
     e = band_energies(H, S, km.kpts)
     egrid = np.linspace(e.min() - 1, e.max() + 1, 700)
@@ -129,6 +151,29 @@ def test_tetrahedron_simple_cubic_counts_converge_to_exact():
         errors.append(np.abs(electron_count_below(e, km, E, "tetrahedron") - exact).max())
     assert errors[1] < 0.02  # largest at the van Hove singularity E = 2|t|
     assert errors[1] < errors[0] / 3.5  # second order in the mesh spacing
+
+
+def test_tetrahedron_in_2d_graphene_dirac_cone():
+    """A 2D mesh (one point along the vacuum axis): tetrahedra reduce to triangles."""
+    atoms, H, S = graphene_pz(e0=0.0, t=-2.7, s=0.0)
+    km = monkhorst_pack(atoms, 60, shift="gamma")  # contains K = (1/3, 2/3)
+    assert tuple(km.mesh) == (60, 60, 1)
+    e = band_energies(H, S, km.kpts)
+    E = np.array([0.6, 1.2, 2.0])
+    # reference: states of the upper band between the Dirac point and E on a very fine grid
+    m = 1500
+    k = (np.arange(m) + 0.5) / m
+    absf = np.abs(1 + np.exp(2j * np.pi * k)[:, None] + np.exp(2j * np.pi * k)[None, :]).ravel()
+    ref = np.array([2 * np.mean(2.7 * absf < x) for x in E])
+    n = electron_count_below(e, km, E, "tetrahedron") - 2
+    assert np.abs(n / ref - 1).max() < 0.03
+    assert n[1] / n[0] == pytest.approx(4, rel=0.1)  # DOS linear in E at a Dirac cone
+    # half filling puts E_F at the Dirac point e0, with or without overlap
+    atoms, H, S = graphene_pz(e0=0.4, t=-2.7, s=0.1)
+    e = band_energies(H, S, km.kpts)
+    assert band_gap(e, 2).gap == 0.0
+    assert fermi_level(e, km, 2, "tetrahedron") == pytest.approx(0.4, abs=1e-6)
+    assert fermi_level(e, km.weights, 2, "gaussian", 0.05) == pytest.approx(0.4, abs=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,15 +218,18 @@ def test_metals_report_no_gap():
     e = band_energies(H, S, km.kpts)
     g = band_gap(e, 1)  # one electron: half-filled band
     assert g.gap == 0.0 and g.is_metal and np.isnan(g.vbm) and g.k_vbm == -1
-    atoms = bulk("Si")
-    H, S = sk_sp_operators(atoms, cutoff=4.0)  # second neighbours close the gap of this model
+    atoms, H, S = silicon()
     e = band_energies(H, S, monkhorst_pack(atoms, 8, shift="gamma").kpts)
-    g = band_gap(e, 8)  # overlapping bands
+    g = band_gap(e, 4)  # two electrons per atom: bands 2 and 3 overlap
     assert g.gap == 0.0 and g.cbm < g.vbm - 0.1 and not g.direct
-    # a degenerate level split between filled and empty bands by rounding is no gap
-    e = band_energies(H, S, monkhorst_pack(atoms, 4).kpts)
+    # a degenerate level split between filled and empty bands by rounding is no gap: with these
+    # onsite energies the top of the valence band at Gamma is a p triplet that holds 8 + 4 electrons
+    params = silicon_parameters()
+    params.onsite = {"Si": {"s": -5.0, "p": 8.0}}
+    H, S = slater_koster_operators(atoms, params=params)
+    e = band_energies(H, S, monkhorst_pack(atoms, 8, shift="gamma").kpts)
     g = band_gap(e, 8)
-    assert abs(g.cbm - g.vbm) < 1e-9 and g.gap == 0.0
+    assert abs(g.cbm - g.vbm) < 1e-9 and g.gap == 0.0 and g.k_vbm == g.k_cbm == 0
 
 
 def test_fermi_level_of_half_filled_chain_is_analytic():
@@ -215,8 +263,7 @@ def test_integrated_dos_up_to_fermi_level_is_the_electron_count():
     assert np.trapezoid(density_of_states(e, km.weights, egrid, "gaussian", 0.1), egrid) == pytest.approx(n_el, abs=1e-4)
     assert abs(ef_t - exact_ef) < 0.04 and abs(ef_g - exact_ef) < 0.04
     # insulator: tetrahedron count at E_F exact
-    atoms = bulk("Si")
-    H, S = sk_sp_operators(atoms, **SI_INSULATOR)
+    atoms, H, S = silicon()
     km = monkhorst_pack(atoms, 4)
     e = band_energies(H, S, km.kpts)
     ef = fermi_level(e, km, 8, "tetrahedron")
@@ -255,8 +302,7 @@ def test_mulliken_weights_sum_to_one():
 @pytest.mark.parametrize("method", ["gaussian", "tetrahedron"])
 @pytest.mark.parametrize("by", ["element", "l", "atom", "element-l"])
 def test_pdos_sums_to_dos_and_to_orbital_counts(method, by):
-    atoms = bulk("SiC", "zincblende", a=4.36)
-    H, S = sk_sp_operators(atoms, onsite={"Si": (-4.0, 1.5), "C": (-7.0, 0.0)})
+    atoms, H, S = silicon_carbide()
     km = monkhorst_pack(atoms, 3)
     names, G = orbital_groups(H, atoms, by)
     e, p = state_projections(H, S, km.kpts, G)
@@ -276,8 +322,7 @@ def test_pdos_sums_to_dos_and_to_orbital_counts(method, by):
 
 def test_atom_pdos_from_the_wedge_equals_the_full_mesh():
     """Equivalent atoms exchange weight under symmetry; dos() averages them, which is exact."""
-    atoms = bulk("Si")
-    H, S = sk_sp_operators(atoms, **SI_INSULATOR)
+    atoms, H, S = silicon()
     egrid = np.linspace(-14, 10, 400)
     kw = dict(mesh=4, method="gaussian", width=0.2, egrid=egrid, n_electrons=8, pdos="atom")
     irr = dos(H, S, atoms, **kw)
@@ -315,8 +360,7 @@ def test_tetrahedron_pdos_uses_corner_weights():
 # high level
 # ---------------------------------------------------------------------------------------------
 def test_dos_of_silicon_model():
-    atoms = bulk("Si")
-    H, S = sk_sp_operators(atoms, **SI_INSULATOR)
+    atoms, H, S = silicon()
     res = dos(H, S, atoms, mesh=6, n_electrons=8, pdos="l")
     assert res.method == "tetrahedron" and res.kmesh.nirr < res.kmesh.nk
     ef = res.fermi_level

@@ -1,6 +1,8 @@
 """Monkhorst–Pack meshes, spglib's irreducible wedge and the mesh tetrahedra (ase_slem.kmesh)."""
 from __future__ import annotations
 
+from itertools import combinations_with_replacement
+
 import numpy as np
 import pytest
 from ase import Atoms
@@ -9,46 +11,31 @@ from ase.calculators.calculator import kptdensity2monkhorstpack
 from ase.dft.kpoints import monkhorst_pack as ase_monkhorst_pack
 from ase.neighborlist import neighbor_list
 
-from ase_slem import Basis, RealSpaceOperator, band_energies
+from ase_slem import band_energies
 from ase_slem.dos import density_of_states, electron_count_below
 from ase_slem.kmesh import KMesh, mesh_tetrahedra, monkhorst_pack
+from ase_slem.tightbinding import BondParameters, SlaterKosterParameters, slater_koster_operators
 
 
 # ---------------------------------------------------------------------------------------------
-# a symmetric s/p two-centre (Slater–Koster) model: any such model has the crystal's symmetry
+# a symmetric model: any Slater–Koster (two-centre) operator has the crystal's full symmetry
 # ---------------------------------------------------------------------------------------------
-def sk_sp_block(d: np.ndarray, v: dict[str, float]) -> np.ndarray:
-    """4x4 s/p block between an atom and a neighbour at vector d (p in x, y, z order)."""
-    r = np.linalg.norm(d)
-    u = d / r
-    f = np.exp(-(r - 2.35) / 0.8)
-    blk = np.empty((4, 4))
-    blk[0, 0] = v["ss"] * f
-    blk[0, 1:] = v["sp"] * f * u
-    blk[1:, 0] = -v["sp"] * f * u
-    blk[1:, 1:] = f * ((v["pps"] - v["ppp"]) * np.outer(u, u) + v["ppp"] * np.eye(3))
-    return blk
+HOP = {"ss_sigma": -1.9, "sp_sigma": 1.6, "sd_sigma": -0.9, "pp_sigma": 2.6, "pp_pi": -0.7,
+       "pd_sigma": -1.0, "pd_pi": 0.5, "dd_sigma": -0.8, "dd_pi": 0.5, "dd_delta": -0.1}
+HOP_REVERSED = {"ps_sigma": -1.4, "ds_sigma": -0.7, "dp_sigma": -0.8, "dp_pi": 0.4}  # for A != B
 
 
-def sk_sp_operators(atoms: Atoms, cutoff: float = 4.0, onsite=None):
-    """H (eV) and S of an s/p Slater–Koster model; ``onsite`` {symbol: (e_s, e_p)}."""
-    onsite = onsite or {}
-    hv = {"ss": -1.9, "sp": 1.6, "pps": 2.6, "ppp": -0.7}
-    sv = {"ss": 0.10, "sp": -0.08, "pps": -0.09, "ppp": 0.03}
-    i, j, D, Sh = neighbor_list("ijDS", atoms, cutoff)
-    n = len(atoms)
-    syms = atoms.get_chemical_symbols()
-    hon = [np.diag([onsite.get(s, (-5.0, 1.0))[0]] + [onsite.get(s, (-5.0, 1.0))[1]] * 3) for s in syms]
-    hb = hon + [sk_sp_block(d, hv) for d in D]
-    sb = [np.eye(4)] * n + [sk_sp_block(d, sv) for d in D]
-    ii = np.concatenate([np.arange(n), i])
-    jj = np.concatenate([np.arange(n), j])
-    R = np.concatenate([np.zeros((n, 3), int), Sh])
-    basis = Basis({s: "1s1p" for s in set(syms)})
-    counts = [4] * n
-    H = RealSpaceOperator.from_blocks(counts, ii, jj, R, hb, name="H", basis=basis, symbols=syms)
-    S = RealSpaceOperator.from_blocks(counts, ii, jj, R, sb, name="S", basis=basis, symbols=syms)
-    return H, S
+def spd_model(atoms: Atoms, cutoff: float = 4.2):
+    """H, S of an s/p/d Slater–Koster model reaching second neighbours (r0 = bond length)."""
+    els = list(dict.fromkeys(atoms.get_chemical_symbols()))
+    r0 = float(neighbor_list("d", atoms, 5.0).min())
+    onsite = {el: {"s": -5.0 - k, "p": 1.0 + 0.5 * k, "d": 6.0 + k} for k, el in enumerate(els)}
+    bonds = {}
+    for a, b in combinations_with_replacement(els, 2):
+        hop = HOP if a == b else {**HOP, **HOP_REVERSED}
+        bonds[(a, b)] = BondParameters(r0=r0, hopping=hop, overlap={k: 0.04 * v for k, v in hop.items()})
+    params = SlaterKosterParameters(onsite=onsite, bonds=bonds, cutoff=cutoff, cutoff_width=0.3)
+    return slater_koster_operators(atoms, {el: "1s1p1d" for el in els}, params)
 
 
 def hcp_mg() -> Atoms:
@@ -125,13 +112,14 @@ def test_map_is_consistent_and_weights_sum_to_one():
         (bulk("Si"), (4, 4, 4), (0, 0, 0)),
         (bulk("Si"), (3, 3, 3), (0.5, 0.5, 0.5)),
         (bulk("Si", cubic=True), (3, 3, 3), "gamma"),
+        (bulk("SiC", "zincblende", a=4.36), (4, 4, 4), (0, 0, 0)),
         (hcp_mg(), (5, 5, 3), (0, 0, 0)),
         (hcp_mg(), (4, 4, 2), "gamma"),
     ],
 )
 def test_symmetry_equivalent_points_have_equal_bands(atoms, mesh, shift):
     """The physics check of the map: E_n(k) = E_n(k_irr) for a model with the crystal's symmetry."""
-    H, S = sk_sp_operators(atoms)
+    H, S = spd_model(atoms)
     km = monkhorst_pack(atoms, mesh, shift=shift)
     assert km.nirr < km.nk / 2  # the symmetry was really used
     e_full = band_energies(H, S, km.full_kpts)
@@ -149,6 +137,22 @@ def test_symmetry_equivalent_points_have_equal_bands(atoms, mesh, shift):
     assert np.abs(n_irr - n_full).max() < 1e-9
 
 
+def test_rotation_check_rejects_a_wrong_map():
+    from ase_slem.kmesh import _mapping_is_valid, _reduce_with_spglib
+
+    atoms = bulk("Si")
+    km = monkhorst_pack(atoms, (4, 4, 4))
+    mapping, rotations, _ = _reduce_with_spglib(atoms, km.mesh, km.offset, True, 1e-5)
+    assert _mapping_is_valid(mapping, km.grid, km.mesh, km.offset, rotations, True)
+    # spglib's map of the unshifted mesh does not describe the shifted one
+    gamma_map, _, _ = _reduce_with_spglib(atoms, km.mesh, np.zeros(3), True, 1e-5)
+    assert not _mapping_is_valid(gamma_map, km.grid, km.mesh, km.offset, rotations, True)
+    # without time reversal k and -k are not related in a crystal without inversion
+    zb = bulk("SiC", "zincblende", a=4.36)
+    m, rot, _ = _reduce_with_spglib(zb, km.mesh, km.offset, True, 1e-5)
+    assert not _mapping_is_valid(m, km.grid, km.mesh, km.offset, rot, False)
+
+
 def test_low_symmetry_crystal_uses_time_reversal_only():
     atoms = bulk("Si")
     atoms.symbols = "SiGe"  # two equal atoms always have an inversion centre between them
@@ -157,7 +161,7 @@ def test_low_symmetry_crystal_uses_time_reversal_only():
     km = monkhorst_pack(atoms, (4, 4, 4), shift="gamma")
     assert km.symmetry.startswith("spglib: 1 operations + time reversal")
     assert km.nirr == (64 + 8) // 2  # 8 time-reversal invariant points
-    H, S = sk_sp_operators(atoms)
+    H, S = spd_model(atoms)
     assert np.abs(band_energies(H, S, km.full_kpts) - km.to_full(band_energies(H, S, km.kpts))).max() < 1e-9
     km_no_tr = monkhorst_pack(atoms, (4, 4, 4), shift="gamma", time_reversal=False)
     assert km_no_tr.nirr == 64
