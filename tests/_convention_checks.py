@@ -16,6 +16,8 @@ Both use e3nn (torch) and spglib only here, in the tests, independent of ase_sle
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import spglib
 import torch
@@ -27,13 +29,16 @@ from ase_slem import RealSpaceOperator
 
 def wigner_atom(shells, Q: np.ndarray) -> np.ndarray:
     q = torch.tensor(np.asarray(Q), dtype=torch.float64)
-    return block_diag(*[o3.Irrep(l, (-1) ** l).D_from_matrix(q).numpy() for l in shells])
+    per_l = {l: o3.Irrep(l, (-1) ** l).D_from_matrix(q).numpy() for l in set(shells)}
+    return block_diag(*[per_l[l] for l in shells])
 
 
 def symmetry_operations(atoms, symprec: float = 1e-4):
     """[(W (3,3) int, Q (3,3) Cartesian, atom map g (natoms,), lattice shifts L (natoms, 3))]."""
     frac = atoms.get_scaled_positions()
-    ds = spglib.get_symmetry_dataset((atoms.cell[:], frac, atoms.numbers), symprec=symprec)
+    with warnings.catch_warnings():  # spglib 2.x deprecation notice about its error handling
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ds = spglib.get_symmetry_dataset((atoms.cell[:], frac, atoms.numbers), symprec=symprec)
     A = np.array(atoms.cell[:])
     out = []
     for W, t in zip(ds.rotations, ds.translations):
@@ -53,7 +58,8 @@ def symmetry_residuals(atoms, op: RealSpaceOperator, symprec: float = 1e-4) -> t
     blocks = list(op.iter_blocks())
     res = []
     for W, Q, g, L in ops:
-        D = [wigner_atom(s, Q) for s in shells]
+        per_element = {s: wigner_atom(s, Q) for s in set(shells)}
+        D = [per_element[s] for s in shells]
         worst = 0.0
         for i, j, R, b in blocks:
             R2 = W @ np.asarray(R) + L[j] - L[i]

@@ -484,13 +484,16 @@ def detect(path: str | Path) -> bool:
 def _run_folder(path: Path) -> Path:
     """The folder holding STRU/INPUT: ``path`` itself, or its parent for OUT.* / a file."""
     base = path.parent if path.is_file() else path
-    for d in (base, base.parent):
-        if (d / "STRU").is_file() or (d / "INPUT").is_file():
-            return d
+    for marker in ("STRU", "INPUT"):  # OUT.* holds a copy of INPUT but not STRU
+        for d in (base, base.parent):
+            if (d / marker).is_file():
+                return d
     return base
 
 
 def _find_orbital_file(run: Path, name: str, orbital_dir: str | None) -> Path | None:
+    if not name:
+        return None
     base = Path(name).name
     candidates = []
     if orbital_dir:
@@ -502,7 +505,7 @@ def _find_orbital_file(run: Path, name: str, orbital_dir: str | None) -> Path | 
         if c.is_file():
             return c
     for pattern_root in (run, run.parent):
-        hits = sorted(pattern_root.glob(f"*/{base}")) + sorted(pattern_root.glob(f"*/*/{base}"))
+        hits = [h for h in sorted(pattern_root.glob(f"*/{base}")) + sorted(pattern_root.glob(f"*/*/{base}")) if h.is_file()]
         if hits:
             return hits[0]
     return None
