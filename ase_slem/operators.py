@@ -315,7 +315,12 @@ class RealSpaceOperator:
                 f"{self.name} has {self.natoms} atoms but the structure has {len(atoms)}"
             )
         if self.basis is not None:
-            expected = self.basis.orbital_counts(atoms.get_chemical_symbols())
+            from .basis import BasisError
+
+            try:
+                expected = self.basis.orbital_counts(atoms.get_chemical_symbols())
+            except BasisError as err:
+                raise OperatorError(f"{self.name} does not match the structure: {err}") from err
             bad = np.flatnonzero(expected != self.orbital_counts)
             if len(bad):
                 a = int(bad[0])
