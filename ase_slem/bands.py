@@ -84,7 +84,9 @@ def _seekpath_special_points(atoms: Atoms, symprec: float) -> tuple[dict[str, np
     import seekpath
 
     structure = (atoms.cell[:], atoms.get_scaled_positions(wrap=True), atoms.numbers)
-    res = seekpath.get_path(structure, with_time_reversal=True, symprec=symprec)
+    with warnings.catch_warnings():  # spglib's notice about its error-handling API, not ours
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module="spglib")
+        res = seekpath.get_path(structure, with_time_reversal=True, symprec=symprec)
     if "rotation_matrix" not in res:  # pragma: no cover - seekpath >= 2.0 reports it
         raise BandPathError(
             "this seekpath version does not report the rotation of its standardized cell; "
