@@ -63,10 +63,35 @@ class EdgeFrame(torch.nn.Module):
     def __init__(self, lmax: int):
         super().__init__()
         self.lmax = int(lmax)
-        self.register_buffer("K", _constant_k(self.lmax, torch.get_default_dtype()))
-        self.register_buffer(
-            "m_values", torch.arange(-self.lmax, self.lmax + 1, dtype=torch.get_default_dtype())
-        )
+        dt = torch.get_default_dtype()
+        k64 = _constant_k(self.lmax, torch.float64)
+        self.register_buffer("K", k64.to(dt))
+        self.register_buffer("m_values", torch.arange(-self.lmax, self.lmax + 1, dtype=dt))
+        # M_l(beta) = K Y(beta) K^T = sum_m cos(m b) P_m - sin(m b) Q_m with
+        # P_m[a, b] = K[a, m] K[b, m] and Q_m[a, b] = K[a, m] K[b, flip(m)]: one GEMM per l
+        # of the (cos, sin) table with the constant [P; -Q].
+        mats: List[Tensor] = []
+        self.b_offsets: List[int] = []
+        off = 0
+        m_row: List[int] = []
+        row_flip: List[int] = []
+        p_off = 0
+        for l in range(self.lmax + 1):
+            n = 2 * l + 1
+            k = k64[l, :n, :n]
+            pm = torch.einsum("am,bm->mab", k, k).reshape(n, n * n)
+            qm = torch.einsum("am,bm->mab", k, k.flip(1)).reshape(n, n * n)
+            mats.append(torch.cat([pm, -qm], dim=0).flatten())
+            self.b_offsets.append(off)
+            off += 2 * n * n * n
+            for a in range(n):
+                for b in range(n):
+                    m_row.append(a - l)
+                    row_flip.append(p_off + (2 * l - a) * n + b)
+            p_off += n * n
+        self.register_buffer("B", torch.cat(mats).to(dt))
+        self.register_buffer("m_row", torch.tensor(m_row, dtype=dt))
+        self.register_buffer("row_flip", torch.tensor(row_flip, dtype=torch.long))
 
     def tables(self, vec: Tensor) -> Tensor:
         alpha, beta = edge_angles(vec)
@@ -75,12 +100,21 @@ class EdgeFrame(torch.nn.Module):
         return torch.stack([torch.cos(ma), torch.sin(ma), torch.cos(mb), torch.sin(mb)], dim=1)
 
     def forward(self, vec: Tensor) -> Tensor:
-        t = self.tables(vec)
-        n = vec.shape[0]
+        alpha, beta = edge_angles(vec)
+        mb = beta[:, None] * self.m_values
+        cb = torch.cos(mb)
+        sb = torch.sin(mb)
+        L = self.lmax
         parts: List[Tensor] = []
-        for l in range(self.lmax + 1):
-            parts.append(wigner_d(t, self.K, l, self.lmax).reshape(n, (2 * l + 1) * (2 * l + 1)))
-        return torch.cat(parts, dim=1)
+        for l in range(L + 1):
+            n = 2 * l + 1
+            cs = torch.cat([cb[:, L - l : L + l + 1], sb[:, L - l : L + l + 1]], dim=1)
+            b = self.B[self.b_offsets[l] : self.b_offsets[l] + 2 * n * n * n].view(2 * n, n * n)
+            parts.append(torch.matmul(cs, b))
+        m = torch.cat(parts, dim=1)
+        # D = Y(alpha) M: row a mixes with row flip(a)
+        ang = alpha[:, None] * self.m_row
+        return torch.cos(ang) * m - torch.sin(ang) * m.index_select(1, self.row_flip)
 
 
 def packed_sizes(lmax: int) -> List[int]:
