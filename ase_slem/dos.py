@@ -198,115 +198,126 @@ def _smeared(e, w, egrid, method, width, kernel, proj=None) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # linear tetrahedron method
 # ---------------------------------------------------------------------------------------------
-def _tetra_corner_weights(es: np.ndarray, E: np.ndarray) -> np.ndarray:
-    """Occupied fraction of a tetrahedron carried by each corner, (P, 4).
+def _region_weights(region: int, E, e1, e2, e3, e4, i21, i31, i41, i32, i42, i43) -> np.ndarray:
+    """Corner weights (P, 4) for energies E (P,) inside one region of their tetrahedra.
 
-    ``es`` (P, 4) corner energies sorted ascending, ``E`` (P,) one energy per row.  The four
-    weights sum to the fraction of the tetrahedron's volume where the linear band lies below E
-    (0..1); each is the integral of that corner's linear shape function over the region
-    (Blöchl 1994, appendix B, without the curvature correction).  Each case is evaluated only
-    on its own rows, where all of its denominators are positive.
+    Region 1: e1 <= E < e2, 2: e2 <= E < e3, 3: e3 <= E < e4; e1..e4 (P,) the sorted corner
+    energies and i21 = 1 / (e2 - e1) etc. (positive wherever the region is not empty).  The four
+    weights sum to the fraction of the tetrahedron where the linear band lies below E; each is
+    the integral of that corner's linear shape function over the occupied part (Blöchl, Jepsen &
+    Andersen 1994, appendix B, without the curvature correction).
     """
-    w = np.zeros(es.shape)
-    w[E >= es[:, 3]] = 0.25
-
-    # e1 <= E < e2: a small tetrahedron at corner 1 is occupied
-    r = np.flatnonzero((E >= es[:, 0]) & (E < es[:, 1]))
-    if len(r):
-        e1, e2, e3, e4 = es[r].T
-        x = E[r] - e1
-        i21, i31, i41 = 1 / (e2 - e1), 1 / (e3 - e1), 1 / (e4 - e1)
+    if region == 1:  # a small tetrahedron at corner 1 is occupied
+        x = E - e1
         c = 0.25 * x**3 * i21 * i31 * i41
-        w[r] = np.stack([c * (4 - x * (i21 + i31 + i41)), c * x * i21, c * x * i31, c * x * i41], axis=1)
-
-    # e2 <= E < e3: the occupied region is a union of three tetrahedra
-    r = np.flatnonzero((E >= es[:, 1]) & (E < es[:, 2]))
-    if len(r):
-        e1, e2, e3, e4 = es[r].T
-        a, b, u, v = E[r] - e1, E[r] - e2, e3 - E[r], e4 - E[r]
-        i31, i41, i32, i42 = 1 / (e3 - e1), 1 / (e4 - e1), 1 / (e3 - e2), 1 / (e4 - e2)
+        cx = c * x
+        return np.stack([4 * c - cx * (i21 + i31 + i41), cx * i21, cx * i31, cx * i41], axis=1)
+    if region == 2:  # the occupied part is a union of three tetrahedra
+        a, b, u, v = E - e1, E - e2, e3 - E, e4 - E
         c1 = 0.25 * a * a * i41 * i31
         c2 = 0.25 * a * b * u * i41 * i32 * i31
         c3 = 0.25 * b * b * v * i42 * i32 * i41
-        w[r] = np.stack(
+        c12, c123 = c1 + c2, c1 + c2 + c3
+        return np.stack(
             [
-                c1 + (c1 + c2) * u * i31 + (c1 + c2 + c3) * v * i41,
-                c1 + c2 + c3 + (c2 + c3) * u * i32 + c3 * v * i42,
-                (c1 + c2) * a * i31 + (c2 + c3) * b * i32,
-                (c1 + c2 + c3) * a * i41 + c3 * b * i42,
+                c1 + c12 * u * i31 + c123 * v * i41,
+                c123 + (c2 + c3) * u * i32 + c3 * v * i42,
+                c12 * a * i31 + (c2 + c3) * b * i32,
+                c123 * a * i41 + c3 * b * i42,
             ],
             axis=1,
         )
+    # region 3: all but a small tetrahedron at corner 4 is occupied
+    y = e4 - E
+    c = 0.25 * y**3 * i41 * i42 * i43
+    cy = c * y
+    return 0.25 - np.stack([cy * i41, cy * i42, cy * i43, 4 * c - cy * (i41 + i42 + i43)], axis=1)
 
-    # e3 <= E < e4: all but a small tetrahedron at corner 4 is occupied
-    r = np.flatnonzero((E >= es[:, 2]) & (E < es[:, 3]))
-    if len(r):
-        e1, e2, e3, e4 = es[r].T
-        y = e4 - E[r]
-        i41, i42, i43 = 1 / (e4 - e1), 1 / (e4 - e2), 1 / (e4 - e3)
-        c = 0.25 * y**3 * i41 * i42 * i43
-        w[r] = 0.25 - np.stack([c * y * i41, c * y * i42, c * y * i43, c * (4 - y * (i41 + i42 + i43))], axis=1)
-    return w
+
+def _region_count(region: int, E, e1, e2, e3, e4, i21, i31, i41, i32, i42, i43) -> np.ndarray:
+    """Sum of the four corner weights of :func:`_region_weights` (occupied fraction), (P,)."""
+    if region == 1:
+        return (E - e1) ** 3 * (i21 * i31 * i41)
+    if region == 2:
+        x, d21 = E - e2, e2 - e1
+        curv = (e3 - e1 + e4 - e2) * i32 * i42
+        return (d21 * d21 + x * (3 * d21 + x * (3 - curv * x))) * (i31 * i41)
+    return 1.0 - (e4 - E) ** 3 * (i41 * i42 * i43)
 
 
 class _Tetrahedra:
-    """Linear-tetrahedron integration of one set of bands on a mesh (set up once, evaluated often)."""
+    """Linear-tetrahedron integration of bands over tetrahedra (set up once, evaluated often).
 
-    def __init__(self, e: np.ndarray, km: KMesh, proj: np.ndarray | None = None) -> None:
+    ``es`` (m, 4): corner energies of each (tetrahedron, band), sorted ascending; ``pc``
+    (m, 4, ng): a quantity at the same corners to integrate (projections), or None to count
+    states; ``volume``: the Brillouin-zone fraction of one tetrahedron.
+    """
+
+    def __init__(self, es: np.ndarray, pc: np.ndarray | None, volume: float) -> None:
+        self.es = np.ascontiguousarray(es, dtype=float)
+        self.pc = pc
+        self.ng = 1 if pc is None else pc.shape[-1]
+        self.volume = float(volume)
+        e1, e2, e3, e4 = (np.ascontiguousarray(c) for c in self.es.T)
+
+        def inv(d):  # a region is only visited where its denominators are positive
+            return np.divide(1.0, d, out=np.zeros_like(d), where=d > 0)
+
+        self._cols = (e1, e2, e3, e4, inv(e2 - e1), inv(e3 - e1), inv(e4 - e1), inv(e3 - e2), inv(e4 - e2), inv(e4 - e3))
+
+    @classmethod
+    def from_mesh(cls, e: np.ndarray, km: KMesh, proj: np.ndarray | None = None) -> "_Tetrahedra":
+        """Bands ``e`` (and projections) on the irreducible or full points of ``km``."""
         ef = _full_mesh_energies(e, km)  # (nk, nb)
         tet = km.tetrahedra()  # (nt, 4)
         ec = np.moveaxis(ef[tet], 2, 1).reshape(-1, 4)  # (nt * nb, 4)
         keep = np.all(np.isfinite(ec), axis=1)  # a tetrahedron with an absent state is dropped
         order = np.argsort(ec[keep], axis=1)
-        self.es = np.take_along_axis(ec[keep], order, axis=1)
-        if proj is None:
-            self.pc = None
-        else:
+        es = np.take_along_axis(ec[keep], order, axis=1)
+        pc = None
+        if proj is not None:
             pf = _full_mesh_energies(proj, km)  # (nk, nb, ng)
             pc = np.moveaxis(pf[tet], 2, 1).reshape(-1, 4, proj.shape[-1])[keep]
-            self.pc = np.take_along_axis(pc, order[:, :, None], axis=1)
-        self.ng = 1 if proj is None else proj.shape[-1]
-        self.volume = 1.0 / len(tet)  # of one tetrahedron, in units of the Brillouin zone
+            pc = np.take_along_axis(pc, order[:, :, None], axis=1)
+        return cls(es, pc, 1.0 / len(tet))
 
     def integrated(self, E: np.ndarray) -> np.ndarray:
-        """States per spin below each energy of ``E`` (nE,) -> (ng, nE).
+        """Integral below each energy of ``E`` (nE,) per spin -> (ng, nE) (states without pc).
 
-        Only (tetrahedron, energy) pairs with e1 <= E < e4 are evaluated; tetrahedra entirely
-        below an energy count fully through a cumulative sum.
+        Tetrahedra entirely below an energy count fully through a cumulative sum; only the
+        (tetrahedron, energy) pairs with e1 <= E < e4 are evaluated, generated region by region
+        so that every formula runs on contiguous arrays.
         """
         E = np.asarray(E, dtype=float)
         order = np.argsort(E, kind="stable")
         Es = E[order]
         nE = len(Es)
-        out = np.zeros((self.ng, nE + 1))
-        lo = np.searchsorted(Es, self.es[:, 0], side="left")  # first energy >= e1
-        hi = np.searchsorted(Es, self.es[:, 3], side="left")  # first energy >= e4
+        bounds = [np.searchsorted(Es, c, side="left") for c in self._cols[:4]]  # first E >= e_c
         full = np.ones((len(self.es), 1)) if self.pc is None else self.pc.mean(axis=1)  # (m, ng)
-        for g in range(self.ng):
-            out[g] += np.bincount(hi, weights=full[:, g], minlength=nE + 1)
-        out = np.cumsum(out, axis=1)
-        npairs = hi - lo
-        chunk_pairs = max(1, _MAX_BYTES // (8 * 4 * 16))
-        start = 0
-        cum = np.cumsum(npairs)
-        while start < len(self.es):
-            base = cum[start - 1] if start else 0
-            stop = int(np.searchsorted(cum, base + chunk_pairs, side="right"))
-            stop = max(stop, start + 1)
-            t_idx = np.repeat(np.arange(start, stop), npairs[start:stop])
-            if len(t_idx):
-                first = np.repeat(np.cumsum(npairs[start:stop]) - npairs[start:stop], npairs[start:stop])
-                gi = lo[t_idx] + (np.arange(len(t_idx)) - first)
-                w = _tetra_corner_weights(self.es[t_idx], Es[gi])  # (P, 4)
-                if self.pc is None:
-                    out[0, :nE] += np.bincount(gi, weights=w.sum(axis=1), minlength=nE)
-                else:
-                    contrib = np.einsum("pc,pcg->pg", w, self.pc[t_idx])
-                    for g in range(self.ng):
-                        out[g, :nE] += np.bincount(gi, weights=contrib[:, g], minlength=nE)
-            start = stop
+        out = np.stack([np.bincount(bounds[3], weights=full[:, g], minlength=nE + 1) for g in range(self.ng)])
+        out = np.cumsum(out, axis=1)[:, :nE]
+        per_chunk = max(1, _MAX_BYTES // (8 * (24 + 8 * self.ng)))
+        for region in (1, 2, 3):
+            lo, hi = bounds[region - 1], bounds[region]
+            count = hi - lo
+            ends = np.cumsum(count)
+            start = 0
+            while start < len(count):
+                stop = max(start + 1, int(np.searchsorted(ends, (ends[start - 1] if start else 0) + per_chunk, "right")))
+                n = count[start:stop]
+                t = np.repeat(np.arange(start, stop), n)
+                if len(t):
+                    gi = lo[t] + np.arange(len(t)) - np.repeat(np.cumsum(n) - n, n)
+                    args = (Es[gi],) + tuple(c[t] for c in self._cols)
+                    if self.pc is None:
+                        out[0] += np.bincount(gi, weights=_region_count(region, *args), minlength=nE)
+                    else:
+                        contrib = np.einsum("pc,pcg->gp", _region_weights(region, *args), self.pc[t])
+                        for g in range(self.ng):
+                            out[g] += np.bincount(gi, weights=contrib[g], minlength=nE)
+                start = stop
         res = np.empty((self.ng, nE))
-        res[:, order] = out[:, :nE]
+        res[:, order] = out
         return res * self.volume
 
 
@@ -335,7 +346,7 @@ def _dos_core(energies, weights, egrid, method, width, proj) -> np.ndarray:
                 "ase_slem.kmesh.monkhorst_pack in place of the weights"
             )
         edges = _bin_edges(g)
-        n = _Tetrahedra(e, km, proj).integrated(edges)
+        n = _Tetrahedra.from_mesh(e, km, proj).integrated(edges)
         return SPIN_DEGENERACY * np.diff(n, axis=1) / np.diff(edges)[None, :]
     return SPIN_DEGENERACY * _smeared(e, w, g, method, width, _delta, proj) / width
 
@@ -395,13 +406,8 @@ def _counter(e: np.ndarray, weights, method: str, width: float):
                 "the tetrahedron method needs the k-point mesh: pass the KMesh from "
                 "ase_slem.kmesh.monkhorst_pack in place of the weights"
             )
-        tetra = _Tetrahedra(e, km)
+        tetra = _Tetrahedra.from_mesh(e, km)
         return lambda E: SPIN_DEGENERACY * tetra.integrated(E)[0]
-    valid = np.isfinite(e)
-    es = e[valid]
-    ws = np.broadcast_to(w[:, None], e.shape)[valid]
-    if len(es) * 8 < _MAX_BYTES:
-        return lambda E: SPIN_DEGENERACY * (ws @ _occupation((es[:, None] - E[None, :]) / width, method))
     return lambda E: SPIN_DEGENERACY * _smeared(e, w, E, method, width, _occupation)[0]
 
 
@@ -750,11 +756,13 @@ def dos(
         pad = 1.0 + (0.0 if method == "tetrahedron" else 6 * width)
         egrid = np.linspace(np.nanmin(e) - pad, np.nanmax(e) + pad, int(npts))
     egrid = _egrid(egrid)
-    total = density_of_states(e, weights, egrid, method, width)
     idos = integrated_dos(e, weights, egrid, method, width)
     pd: dict[str, np.ndarray] = {}
-    if proj is not None:
+    if proj is None:
+        total = density_of_states(e, weights, egrid, method, width)
+    else:
         p = projected_density_of_states(e, weights, proj, egrid, method, width)
+        total = p.sum(axis=0)  # the groups partition the orbitals and Mulliken weights sum to 1
         if str(pdos).lower() == "atom":
             p = _symmetrize_atoms(p, G, H, km)
         pd = {name: p[i] for i, name in enumerate(names)}
