@@ -39,7 +39,7 @@ import numpy as np
 __all__ = ["KMesh", "monkhorst_pack", "mesh_tetrahedra"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class KMesh:
     """A uniform k-point mesh and its irreducible points.
 

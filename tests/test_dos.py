@@ -334,6 +334,27 @@ def test_atom_pdos_from_the_wedge_equals_the_full_mesh():
     assert irr.fermi_level == pytest.approx(full.fermi_level, abs=1e-9)
 
 
+def test_tetrahedron_corner_weights_against_sampling():
+    """Blöchl's corner weights: the integral of each corner's linear shape function over the
+    part of a tetrahedron where the linear band is below E, estimated by uniform sampling."""
+    from ase_slem.dos import _Tetrahedra
+
+    rng = np.random.default_rng(7)
+    es = np.sort(rng.normal(size=(6, 4)), axis=1)
+    es[3, 1] = es[3, 0]  # degenerate corners are allowed
+    es[4, 2:] = es[4, 3]
+    corners = np.broadcast_to(np.eye(4), (6, 4, 4))  # projection g = "corner g"
+    lam = rng.dirichlet(np.ones(4), size=200_000)  # uniform points, barycentric coordinates
+    E = np.linspace(-2.5, 2.5, 11)
+    for t in range(len(es)):
+        got = _Tetrahedra(es[t : t + 1], corners[t : t + 1], 1.0).integrated(E)  # (4, nE)
+        band = lam @ es[t]
+        ref = np.stack([(lam[:, c, None] * (band[:, None] < E)).mean(axis=0) for c in range(4)])
+        assert np.abs(got - ref).max() < 4e-3
+        count = _Tetrahedra(es[t : t + 1], None, 1.0).integrated(E)[0]
+        assert np.allclose(count, got.sum(axis=0), atol=1e-12)
+
+
 def test_tetrahedron_pdos_uses_corner_weights():
     """A k-dependent projection: tetrahedron PDOS counts converge to the fine-mesh sum."""
     atoms, H, S = ab_chain(delta=0.4, t=-1.0)
