@@ -651,7 +651,15 @@ def read(path: str | Path) -> tuple[Atoms, dict[str, RealSpaceOperator]]:
     if len(orbital_files) not in (0, len(species)):
         raise ReaderError(f"{run.stru}: NUMERICAL_ORBITAL lists {len(orbital_files)} files for {len(species)} species")
     shells = _shells(run, species, orbital_files or [""] * len(species))
-    basis = Basis({re.sub(r"[^A-Za-z]", "", sp): ls for sp, ls in shells.items()}, name="abacus")
+    per_element: dict[str, tuple[int, ...]] = {}
+    for sp, ls in shells.items():
+        el = re.sub(r"[^A-Za-z]", "", sp)
+        if per_element.setdefault(el, ls) != ls:
+            raise ReaderError(
+                f"{run.stru}: species {sp} has shells {ls} but another {el} species has {per_element[el]}; "
+                f"one basis per element is supported"
+            )
+    basis = Basis(per_element, name="abacus")
     symbols = atoms.get_chemical_symbols()
     norb = int(basis.orbital_counts(symbols).sum())
     ops = {}

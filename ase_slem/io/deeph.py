@@ -274,13 +274,17 @@ def read_new(folder: str | Path, convention: str = "deeph") -> tuple[Atoms, dict
     return atoms, ops
 
 
-def read(path: str | Path) -> tuple[Atoms, dict[str, RealSpaceOperator]]:
-    """Read a DeepH folder of either layout -> (atoms, {"hamiltonian" (eV), "overlap", ...})."""
+def read(path: str | Path, convention: str | None = None) -> tuple[Atoms, dict[str, RealSpaceOperator]]:
+    """Read a DeepH folder of either layout -> (atoms, {"hamiltonian" (eV), "overlap", ...}).
+
+    ``convention`` overrides the orbital convention of the blocks (default ``"openmx"`` for
+    legacy folders, which DeepH-pack writes in the source code's order, ``"deeph"`` for new ones).
+    """
     kind = layout(path)
     if kind == "legacy":
-        return read_legacy(path)
+        return read_legacy(path, convention or "openmx")
     if kind == "new":
-        return read_new(path)
+        return read_new(path, convention or "deeph")
     raise ReaderError(
         f"{path}: not a DeepH folder: expected orbital_types.dat + hamiltonians.h5/overlaps.h5 (legacy) "
         f"or POSCAR + info.json + hamiltonian.h5/overlap.h5 (DeepH-dock)"
