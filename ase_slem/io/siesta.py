@@ -281,13 +281,6 @@ def structure(hsx: HSX) -> tuple[Atoms, Basis]:
     return atoms, basis
 
 
-def _find(folder: Path, pattern: str, label: str | None) -> Path | None:
-    if label and (folder / f"{label}{pattern[1:]}").is_file():
-        return folder / f"{label}{pattern[1:]}"
-    hits = sorted(folder.glob(pattern))
-    return hits[0] if len(hits) == 1 else None
-
-
 def _locate_hsx(path: Path) -> Path:
     if path.is_file():
         return path
