@@ -1,0 +1,638 @@
+"""PySCF as a source of operators: molecules (RKS) and crystals (KRKS) in our convention.
+
+Everything returned is in ASE units and our orbital order: H in eV (``ase.units.Hartree`` per
+Hartree), S dimensionless, D spin-summed (Tr(D S) = electron count), operators as
+:class:`~ase_slem.operators.RealSpaceOperator` with the basis from :meth:`Basis.from_pyscf`.
+PySCF is imported inside the functions, so importing this module is cheap.
+
+Molecules: :func:`molecular_operators` runs a restricted Kohn–Sham calculation.  The Hamiltonian
+returned is the Fock matrix whose eigenpairs are PySCF's final ``mo_energy``/``mo_coeff``,
+H = S C diag(e) C^T S, and D = C diag(n) C^T is built from the same orbitals, so D is exactly the
+ground-state density matrix of H (their difference to ``get_fock(dm)`` is the SCF tolerance).
+
+Crystals: PySCF works with Bloch matrices on a k-mesh, X(k) = sum_R exp(i k.R) X(R) (AO pairs
+<mu, 0| X |nu, R>, our convention).  :func:`realspace_from_kmesh` inverts the Bloch sum on a
+Gamma-centred n1 x n2 x n3 mesh: X(g) = 1/N sum_k exp(-2 pi i k.g) X(k) for g in the
+Born–von Karman (BvK) supercell, and each atom-pair block X_ab(g) is given to the lattice vector
+R = g + n * L (L integer) that makes the pair distance |tau_b + R.A - tau_a| smallest (the
+minimal image); when several images tie (within ``tie_tolerance``), the block is split evenly
+among them.  The result reproduces X(k) exactly at the mesh points.  Off the mesh it is exact
+only if the true X(R) vanishes beyond half the BvK supercell: Gaussian tails that reach further
+are aliased, which is why :func:`periodic_operators` can build the Fock matrix on a denser mesh
+(``dense_kmesh``) from the density converged on the SCF mesh -- the same non-self-consistent
+construction ``mf.get_bands`` uses (hcore + veff of the converged density at the band k-points).
+Block cutoff: blocks whose largest |element| is at most ``drop_below`` (in the operator's unit)
+are not stored; the default 0 keeps every block the transform produces.
+"""
+from __future__ import annotations
+
+import time
+from itertools import product
+from typing import Sequence
+
+import numpy as np
+from ase import Atoms
+from ase.units import Bohr, Hartree
+
+from ..basis import Basis
+from ..operators import RealSpaceOperator
+from .dataset import Frame
+
+__all__ = [
+    "atoms_to_mole",
+    "atoms_to_cell",
+    "molecular_operators",
+    "gamma_centred_mesh",
+    "kmesh_to_realspace",
+    "realspace_from_kmesh",
+    "run_krks",
+    "operators_from_krks",
+    "periodic_operators",
+]
+
+
+class PySCFInputError(ValueError):
+    """Input that the PySCF interface cannot handle (open shells, shifted meshes ...)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# structures
+# ---------------------------------------------------------------------------------------------
+def atoms_to_mole(atoms: Atoms, basis: str | dict = "def2-svp", *, charge: int = 0, spin: int = 0,
+                  verbose: int = 0, **kwargs):
+    """A built PySCF ``Mole`` (spherical AOs) for ``atoms`` (Å)."""
+    from pyscf import gto
+
+    if len(atoms) == 0:
+        raise PySCFInputError("the structure has no atoms")
+    mol = gto.Mole()
+    mol.atom = [(s, tuple(p)) for s, p in zip(atoms.get_chemical_symbols(), atoms.positions)]
+    mol.unit = "Angstrom"
+    mol.basis = basis
+    mol.charge = charge
+    mol.spin = spin
+    mol.cart = False
+    mol.verbose = verbose
+    for k, v in kwargs.items():
+        setattr(mol, k, v)
+    return mol.build()
+
+
+def atoms_to_cell(atoms: Atoms, basis: str | dict = "gth-dzvp-molopt-sr", pseudo: str | dict | None = "gth-pbe",
+                  *, ke_cutoff: float | None = None, verbose: int = 0, **kwargs):
+    """A built PySCF ``Cell`` for a periodic ``atoms`` (Å); ``ke_cutoff`` in Hartree."""
+    from pyscf.pbc import gto
+
+    if not atoms.pbc.all():
+        raise PySCFInputError(
+            f"periodic_operators needs a structure periodic along all three axes (pbc={atoms.pbc.tolist()}); "
+            "use molecular_operators for molecules"
+        )
+    if abs(atoms.cell.volume) < 1e-6:
+        raise PySCFInputError("the structure has no cell (volume 0); set atoms.cell")
+    cell = gto.Cell()
+    cell.atom = [(s, tuple(p)) for s, p in zip(atoms.get_chemical_symbols(), atoms.positions)]
+    cell.a = np.asarray(atoms.cell[:], dtype=float)
+    cell.unit = "Angstrom"
+    cell.basis = basis
+    if pseudo is not None:
+        cell.pseudo = pseudo
+    if ke_cutoff is not None:
+        cell.ke_cutoff = ke_cutoff
+    cell.cart = False
+    cell.verbose = verbose
+    for k, v in kwargs.items():
+        setattr(cell, k, v)
+    return cell.build()
+
+
+def _atoms_from_pyscf(mol) -> Atoms:
+    """ase.Atoms of a PySCF Mole/Cell (Å)."""
+    symbols = [mol.atom_pure_symbol(a) for a in range(mol.natm)]
+    pos = mol.atom_coords() * Bohr
+    if hasattr(mol, "lattice_vectors"):
+        return Atoms(symbols, positions=pos, cell=mol.lattice_vectors() * Bohr, pbc=True)
+    return Atoms(symbols, positions=pos, pbc=False)
+
+
+def _pyscf_version() -> str:
+    import pyscf
+
+    return str(pyscf.__version__)
+
+
+# ---------------------------------------------------------------------------------------------
+# molecules
+# ---------------------------------------------------------------------------------------------
+def molecular_operators(
+    mol_or_atoms,
+    xc: str = "pbe",
+    basis: str | dict = "def2-svp",
+    *,
+    charge: int = 0,
+    conv_tol: float = 1e-11,
+    grids_level: int | None = None,
+    density_fit: bool = False,
+    verbose: int = 0,
+    return_mf: bool = False,
+):
+    """Restricted Kohn–Sham H (eV), S and spin-summed D of a closed-shell molecule.
+
+    Parameters
+    ----------
+    mol_or_atoms:
+        an ``ase.Atoms`` (positions in Å; ``basis`` and ``charge`` apply) or a built PySCF
+        ``Mole`` (its own basis and charge are used).
+    xc:
+        exchange-correlation functional in PySCF/libxc notation.
+    grids_level:
+        PySCF DFT grid level (default: PySCF's).
+    return_mf:
+        also return the converged PySCF ``RKS`` object.
+
+    Returns
+    -------
+    Frame (and the RKS object if ``return_mf``) with ``operators`` ``hamiltonian``, ``overlap``, ``density_matrix`` (R = 0 blocks
+    only), ``results`` with ``energy`` (eV), ``orbital_energies`` (eV), ``nelectron``,
+    ``converged``, ``homo``/``lumo`` (eV), and the settings used.
+    """
+    from pyscf import dft
+
+    if isinstance(mol_or_atoms, Atoms):
+        atoms = mol_or_atoms
+        if atoms.pbc.any():
+            raise PySCFInputError(
+                "molecular_operators got a periodic structure; use periodic_operators, or set atoms.pbc = False"
+            )
+        mol = atoms_to_mole(atoms, basis, charge=charge, verbose=verbose)
+    else:
+        mol = mol_or_atoms
+        atoms = _atoms_from_pyscf(mol)
+    if mol.spin != 0:
+        raise PySCFInputError(
+            f"only closed-shell molecules are supported (2S = {mol.spin}); spin-polarized operators are not"
+        )
+    t0 = time.perf_counter()
+    mf = dft.RKS(mol)
+    mf.xc = xc
+    mf.conv_tol = conv_tol
+    mf.verbose = verbose
+    if grids_level is not None:
+        mf.grids.level = grids_level
+    if density_fit:
+        mf = mf.density_fit()
+    mf.kernel()
+    t_scf = time.perf_counter() - t0
+
+    s = mf.get_ovlp()
+    c, e, occ = mf.mo_coeff, mf.mo_energy, mf.mo_occ
+    if c.shape[0] != c.shape[1]:
+        raise PySCFInputError(
+            f"PySCF removed {c.shape[0] - c.shape[1]} linearly dependent basis functions; "
+            "the Fock matrix is not defined on the full basis: use a less diffuse basis"
+        )
+    sc = s @ c
+    fock = (sc * e) @ sc.T
+    dm = (c * occ) @ c.T
+
+    bas = Basis.from_pyscf(mol)
+    ops = _molecular_ops(atoms, bas, {"hamiltonian": fock * Hartree, "overlap": s, "density_matrix": dm})
+    nocc = int(np.count_nonzero(occ > 0))
+    results = {
+        "energy": float(mf.e_tot) * Hartree,
+        "converged": bool(mf.converged),
+        "nelectron": int(mol.nelectron),
+        "orbital_energies": (e * Hartree).tolist(),
+        "homo": float(e[nocc - 1] * Hartree) if nocc else None,
+        "lumo": float(e[nocc] * Hartree) if nocc < len(e) else None,
+        "timings": {"scf": t_scf},
+    }
+    settings = {
+        "code": "pyscf",
+        "code_version": _pyscf_version(),
+        "method": "RKS",
+        "xc": xc,
+        "basis": mol.basis if isinstance(mol.basis, str) else repr(mol.basis),
+        "pseudo": None,
+        "charge": int(mol.charge),
+        "conv_tol": conv_tol,
+        "grids_level": int(mf.grids.level),
+        "density_fit": bool(density_fit),
+    }
+    frame = Frame(atoms, ops, bas, settings, results)
+    return (frame, mf) if return_mf else frame
+
+
+def _molecular_ops(atoms: Atoms, bas: Basis, mats: dict[str, np.ndarray]) -> dict[str, RealSpaceOperator]:
+    symbols = atoms.get_chemical_symbols()
+    conv = bas.structure_converter(symbols, "pyscf")
+    counts = bas.orbital_counts(symbols)
+    return {
+        name: RealSpaceOperator.from_dense(
+            counts, conv @ m @ conv.T, periodic=False, name=name, basis=bas, symbols=symbols
+        )
+        for name, m in mats.items()
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# k-mesh <-> real space
+# ---------------------------------------------------------------------------------------------
+def gamma_centred_mesh(kmesh: Sequence[int]) -> np.ndarray:
+    """Fractional k-points of a Gamma-centred n1 x n2 x n3 mesh, (N, 3), first axis fastest."""
+    n = _mesh_tuple(kmesh)
+    g = np.stack(np.meshgrid(*[np.arange(x) for x in n], indexing="ij"), axis=-1)
+    g = g.transpose(2, 1, 0, 3).reshape(-1, 3)  # first axis fastest
+    return g / np.asarray(n, dtype=float)
+
+
+def _mesh_tuple(kmesh) -> tuple[int, int, int]:
+    n = tuple(int(x) for x in np.ravel(kmesh))
+    if len(n) != 3 or min(n) < 1:
+        raise PySCFInputError(f"a k-mesh is three positive integers, got {kmesh!r}")
+    return n
+
+
+def _grid_indices(kfrac: np.ndarray, kmesh=None) -> tuple[tuple[int, int, int], np.ndarray]:
+    """Mesh size and integer grid index (N, 3) of each fractional k of a Gamma-centred mesh."""
+    k = np.asarray(kfrac, dtype=float)
+    if k.ndim != 2 or k.shape[1] != 3:
+        raise PySCFInputError(f"k-points must have shape (nk, 3), got {k.shape}")
+    if kmesh is None:
+        n = []
+        for col in (k % 1.0).T:
+            col = np.where(col > 1 - 1e-8, 0.0, col)
+            pos = col[col > 1e-8]
+            n.append(int(round(1.0 / pos.min())) if len(pos) else 1)
+        n = tuple(n)
+    else:
+        n = _mesh_tuple(kmesh)
+    scaled = k * np.asarray(n)
+    idx = np.round(scaled)
+    if np.abs(scaled - idx).max() > 1e-6:
+        raise PySCFInputError(
+            f"the k-points are not a Gamma-centred {n[0]}x{n[1]}x{n[2]} mesh (a shifted mesh cannot "
+            "be inverted onto integer cell shifts); use a Gamma-centred mesh such as gamma_centred_mesh(n)"
+        )
+    idx = (idx.astype(np.int64) % np.asarray(n))
+    flat = idx[:, 0] + n[0] * (idx[:, 1] + n[1] * idx[:, 2])
+    if len(k) != int(np.prod(n)) or len(np.unique(flat)) != len(k):
+        raise PySCFInputError(
+            f"{len(k)} k-points do not cover a full Gamma-centred {n[0]}x{n[1]}x{n[2]} mesh exactly once "
+            f"({int(np.prod(n))} points expected); an inverse Bloch transform needs the whole mesh"
+        )
+    return n, idx
+
+
+def realspace_from_kmesh(
+    atoms: Atoms,
+    orbital_counts: Sequence[int],
+    kpts: np.ndarray,
+    mats_k: np.ndarray,
+    *,
+    kmesh: Sequence[int] | None = None,
+    drop_below: float = 0.0,
+    tie_tolerance: float = 1e-5,
+    hermiticity_tol: float = 1e-6,
+    name: str = "operator",
+    basis: Basis | None = None,
+) -> RealSpaceOperator:
+    """Inverse Bloch transform of X(k) on a full Gamma-centred mesh into minimal-image X(R).
+
+    Parameters
+    ----------
+    atoms:
+        the periodic structure (Å); its cell and positions define the minimal images.
+    orbital_counts:
+        orbitals per atom, (natoms,), in the row order of ``mats_k``.
+    kpts:
+        (N, 3) fractional k-points covering a Gamma-centred mesh once each (any order).
+    mats_k:
+        (N, norb, norb) complex X(k) = sum_R exp(2 pi i k.R) X(R), Hermitian, with
+        X(-k) = conj(X(k)) (real orbitals).
+    kmesh:
+        the mesh size, if it cannot be read off ``kpts`` (it usually can).
+    drop_below:
+        blocks whose largest |element| is at most this are not stored (unit of X).
+    tie_tolerance:
+        images whose pair distances differ by less than this (Å) share a block equally.
+
+    Returns a :class:`RealSpaceOperator` with X(k) reproduced exactly at the mesh points.
+    """
+    counts = np.asarray(orbital_counts, dtype=np.int64)
+    mats = np.asarray(mats_k)
+    norb = int(counts.sum())
+    if mats.ndim != 3 or mats.shape[1:] != (norb, norb) or len(mats) != len(kpts):
+        raise PySCFInputError(
+            f"k-space matrices have shape {mats.shape}; expected ({len(kpts)}, {norb}, {norb}) for "
+            f"{len(kpts)} k-points and {norb} orbitals"
+        )
+    if len(counts) != len(atoms):
+        raise PySCFInputError(f"orbital_counts has {len(counts)} entries for {len(atoms)} atoms")
+    n, idx = _grid_indices(kpts, kmesh)
+    nvec = np.asarray(n)
+    grid = np.zeros(n + (norb, norb), dtype=complex)
+    grid[idx[:, 0], idx[:, 1], idx[:, 2]] = mats
+    xg = np.fft.fftn(grid, axes=(0, 1, 2)) / len(kpts)  # X(g) = 1/N sum_k e^{-2 pi i k.g} X(k)
+    scale = max(float(np.abs(xg).max()), 1e-300)
+    imag = float(np.abs(xg.imag).max())
+    if imag > 1e-6 * scale + 1e-12:
+        raise PySCFInputError(
+            f"{name}: the inverse Bloch transform has an imaginary part up to {imag:.3g} (largest "
+            f"element {scale:.3g}); X(-k) must equal conj(X(k)) -- check the mesh is complete and the "
+            "matrices Hermitian"
+        )
+    xg = xg.real.reshape(-1, norb, norb)
+    gpts = np.stack(np.meshgrid(*[np.arange(x) for x in n], indexing="ij"), axis=-1).reshape(-1, 3)
+    gpts = gpts - nvec * (gpts > nvec // 2)  # centre the BvK cell: g in (-n/2, n/2]
+    cands = np.array(list(product((-1, 0, 1), repeat=3)))
+    lattice = np.asarray(atoms.cell[:], dtype=float)
+    pos = atoms.positions
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+
+    bi, bj, bR, blocks = [], [], [], []
+    classes = {int(c): np.flatnonzero(counts == c) for c in np.unique(counts)}
+    images = (gpts[:, None, :] + nvec * cands[None, :, :])  # (N, 27, 3) cell shifts
+    shift_cart = images @ lattice  # (N, 27, 3)
+    for na, atoms_a in classes.items():
+        rows = offsets[atoms_a][:, None] + np.arange(na)
+        for nb, atoms_b in classes.items():
+            cols = offsets[atoms_b][:, None] + np.arange(nb)
+            d = pos[atoms_b][None, :, :] - pos[atoms_a][:, None, :]  # (A, B, 3)
+            dist = np.linalg.norm(d[:, :, None, None, :] + shift_cart[None, None], axis=-1)  # (A,B,N,27)
+            best = dist.min(axis=-1, keepdims=True)
+            tied = dist <= best + tie_tolerance
+            weight = 1.0 / tied.sum(axis=-1)  # (A, B, N)
+            ia, ib, ig, il = np.nonzero(tied)
+            sub = xg[ig[:, None, None], rows[ia][:, :, None], cols[ib][:, None, :]]  # (M, na, nb)
+            sub = sub * weight[ia, ib, ig][:, None, None]
+            keep = np.abs(sub).max(axis=(1, 2), initial=0.0) > drop_below
+            bi.append(atoms_a[ia[keep]])
+            bj.append(atoms_b[ib[keep]])
+            bR.append(images[ig[keep], il[keep]])
+            blocks.extend(sub[keep])
+    return RealSpaceOperator.from_blocks(
+        counts,
+        np.concatenate(bi),
+        np.concatenate(bj),
+        np.concatenate(bR),
+        blocks,
+        periodic=True,
+        hermiticity_tol=hermiticity_tol,
+        name=name,
+        basis=basis,
+        symbols=atoms.get_chemical_symbols(),
+    )
+
+
+def kmesh_to_realspace(cell, kpts: np.ndarray, mats_k: np.ndarray, *, unit: float = 1.0,
+                       drop_below: float = 0.0, name: str = "operator") -> RealSpaceOperator:
+    """PySCF k-space AO matrices on a Gamma-centred mesh -> :class:`RealSpaceOperator` in our order.
+
+    ``cell`` is a built PySCF ``Cell``; ``kpts`` (N, 3) are PySCF's absolute k-points (1/bohr,
+    as ``cell.make_kpts`` gives); ``mats_k`` (N, nao, nao) in PySCF's AO order, e.g.
+    ``mf.get_fock()`` or ``mf.get_ovlp()``.  Values are multiplied by ``unit`` (pass
+    ``ase.units.Hartree`` for Fock matrices to get eV).  See :func:`realspace_from_kmesh`.
+    """
+    atoms = _atoms_from_pyscf(cell)
+    bas = Basis.from_pyscf(cell)
+    symbols = atoms.get_chemical_symbols()
+    conv = bas.structure_converter(symbols, "pyscf")
+    mats = np.asarray(mats_k)
+    if mats.ndim == 3 and mats.shape[1:] == (conv.shape[0],) * 2:
+        mats = np.einsum("ab,kbc,dc->kad", conv, mats, conv) * unit
+    kfrac = cell.get_scaled_kpts(np.asarray(kpts).reshape(-1, 3))
+    return realspace_from_kmesh(
+        atoms, bas.orbital_counts(symbols), kfrac, mats, drop_below=drop_below, name=name, basis=bas
+    )
+
+
+def _time_reversal_split(n: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """For the mesh of :func:`gamma_centred_mesh`: representatives under k -> -k, and for every
+    point the index of its representative and whether it is the conjugate partner."""
+    nvec = np.asarray(n)
+    g = np.round(gamma_centred_mesh(n) * nvec).astype(np.int64)
+    flat = g[:, 0] + n[0] * (g[:, 1] + n[1] * g[:, 2])
+    gm = (-g) % nvec
+    flat_m = gm[:, 0] + n[0] * (gm[:, 1] + n[1] * gm[:, 2])
+    rep = np.minimum(flat, flat_m)
+    reps = np.unique(rep)
+    where = np.searchsorted(reps, rep)
+    conj = flat != rep
+    return reps, np.stack([where, conj.astype(np.int64)], axis=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# crystals
+# ---------------------------------------------------------------------------------------------
+def run_krks(
+    atoms: Atoms,
+    xc: str = "pbe",
+    basis: str | dict = "gth-dzvp-molopt-sr",
+    pseudo: str | dict | None = "gth-pbe",
+    kmesh: Sequence[int] = (3, 3, 3),
+    *,
+    density_fit: bool = True,
+    ke_cutoff: float | None = None,
+    conv_tol: float = 1e-9,
+    verbose: int = 0,
+):
+    """Converged PySCF KRKS mean-field object on a Gamma-centred ``kmesh`` (see :func:`periodic_operators`)."""
+    from pyscf.pbc import dft
+
+    cell = atoms_to_cell(atoms, basis, pseudo, ke_cutoff=ke_cutoff, verbose=verbose)
+    kabs = cell.get_abs_kpts(gamma_centred_mesh(_mesh_tuple(kmesh)))
+    mf = dft.KRKS(cell, kabs)
+    mf.xc = xc
+    mf.conv_tol = conv_tol
+    mf.verbose = verbose
+    if density_fit:
+        mf = mf.density_fit()
+    mf.kernel()
+    return mf
+
+
+def periodic_operators(
+    atoms: Atoms,
+    xc: str = "pbe",
+    basis: str | dict = "gth-dzvp-molopt-sr",
+    pseudo: str | dict | None = "gth-pbe",
+    kmesh: Sequence[int] = (3, 3, 3),
+    *,
+    dense_kmesh: Sequence[int] | None = None,
+    density_fit: bool = True,
+    ke_cutoff: float | None = None,
+    conv_tol: float = 1e-9,
+    time_reversal: bool = True,
+    drop_below: float = 0.0,
+    verbose: int = 0,
+    return_mf: bool = False,
+):
+    """Kohn–Sham H(R) (eV), S(R), D(R) of a crystal from a PySCF KRKS calculation.
+
+    Parameters
+    ----------
+    atoms:
+        periodic structure (Å), pbc on all axes.
+    xc, basis, pseudo:
+        functional, Gaussian basis and pseudopotential in PySCF notation (``pseudo=None`` for
+        all-electron).
+    kmesh:
+        Gamma-centred SCF mesh.
+    dense_kmesh:
+        if given, the Fock matrix is rebuilt on this Gamma-centred mesh from the density
+        converged on ``kmesh``; see :func:`operators_from_krks`.
+    density_fit:
+        Gaussian density fitting (GDF) instead of PySCF's default FFT density fitting.
+    ke_cutoff:
+        plane-wave kinetic-energy cutoff of the real-space grid (Hartree); default PySCF's.
+    time_reversal, drop_below:
+        see :func:`operators_from_krks`.
+    return_mf:
+        also return the PySCF mean-field object (for reference band calculations).
+
+    Returns
+    -------
+    :class:`~ase_slem.io.dataset.Frame` (and the mean-field object if ``return_mf``).
+    """
+    t0 = time.perf_counter()
+    mf = run_krks(atoms, xc, basis, pseudo, kmesh, density_fit=density_fit, ke_cutoff=ke_cutoff,
+                  conv_tol=conv_tol, verbose=verbose)
+    t_scf = time.perf_counter() - t0
+    frame = operators_from_krks(mf, atoms, dense_kmesh=dense_kmesh, time_reversal=time_reversal,
+                                drop_below=drop_below)
+    frame.results["timings"] = {"scf": t_scf, **frame.results["timings"]}
+    return (frame, mf) if return_mf else frame
+
+
+def operators_from_krks(
+    mf,
+    atoms: Atoms | None = None,
+    *,
+    dense_kmesh: Sequence[int] | None = None,
+    time_reversal: bool = True,
+    drop_below: float = 0.0,
+) -> Frame:
+    """H(R) (eV), S(R), D(R) from a converged PySCF KRKS object on a Gamma-centred mesh.
+
+    Without ``dense_kmesh`` the operators come from the SCF mesh itself: H(k) = S C diag(e) C^H S
+    (the Fock matrix whose eigenpairs are ``mo_energy``/``mo_coeff``), S(k), D(k) =
+    ``mf.make_rdm1()``.  With ``dense_kmesh`` the Fock matrix is rebuilt on that Gamma-centred
+    mesh from the converged density (hcore + J + Vxc at those k, non-self-consistent, as
+    ``mf.get_bands`` does) and diagonalized there; D on the dense mesh is the ground-state
+    (aufbau: the lowest nelectron * nk / 2 states of the whole mesh doubly occupied) density
+    matrix of that H.  A denser mesh pushes the aliasing of the Gaussian tails out; it costs a
+    Fock build per k-point.  With ``time_reversal`` F is built at one of each pair k, -k only
+    and F(-k) = conj(F(k)).  ``drop_below`` is the block cutoff of :func:`realspace_from_kmesh`.
+
+    ``results`` holds ``energy`` (eV), ``converged``, ``nelectron``, ``fermi_level`` (mid-gap
+    for insulators, eV), ``homo``/``lumo``/``gap`` (eV, on the mesh used for H) and
+    ``timings`` (s per stage).
+    """
+    cell = mf.cell
+    if atoms is None:
+        atoms = _atoms_from_pyscf(cell)
+    timings = {}
+    nelec = int(cell.nelectron)
+    n_scf, _ = _grid_indices(cell.get_scaled_kpts(mf.kpts))
+    t0 = time.perf_counter()
+    if dense_kmesh is None:
+        n_used = n_scf
+        kf_used = cell.get_scaled_kpts(mf.kpts)
+        s_k = np.asarray(mf.get_ovlp())
+        c_k = [np.asarray(c) for c in mf.mo_coeff]
+        e_k = np.asarray(mf.mo_energy)
+        if any(c.shape[0] != c.shape[1] for c in c_k):
+            raise PySCFInputError("PySCF removed linearly dependent functions; the Fock matrix is not defined on the full basis")
+        f_k = np.stack([(s @ c * e) @ (s @ c).conj().T for s, c, e in zip(s_k, c_k, e_k)])
+        d_k = np.asarray(mf.make_rdm1())
+    else:
+        n_used = _mesh_tuple(dense_kmesh)
+        kf_used = gamma_centred_mesh(n_used)
+        if time_reversal:
+            reps, where = _time_reversal_split(n_used)
+        else:
+            reps = np.arange(len(kf_used))
+            where = np.stack([reps, np.zeros_like(reps)], axis=1)
+        kd = cell.get_abs_kpts(kf_used[reps])
+        dm = mf.make_rdm1()
+        f_rep = np.asarray(mf.get_hcore(cell, kd)) + np.asarray(mf.get_veff(cell, dm, kpts=mf.kpts, kpts_band=kd))
+        s_rep = np.asarray(cell.pbc_intor("int1e_ovlp", hermi=1, kpts=kd))
+        timings["dense_fock"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        f_rep = 0.5 * (f_rep + np.conj(np.swapaxes(f_rep, 1, 2)))
+        e_rep, c_rep = _eigh_batch(f_rep, s_rep)
+        conj = where[:, 1].astype(bool)
+
+        def unfold(x):
+            return np.where(conj[:, None, None], np.conj(x[where[:, 0]]), x[where[:, 0]])
+
+        e_k = e_rep[where[:, 0]]
+        f_k, s_k, c_k = unfold(f_rep), unfold(s_rep), unfold(c_rep)
+        occ = _aufbau_occupations(e_k, nelec)
+        d_k = np.einsum("kan,kn,kbn->kab", c_k, occ, np.conj(c_k))
+    bas = Basis.from_pyscf(cell)
+    symbols = atoms.get_chemical_symbols()
+    conv = bas.structure_converter(symbols, "pyscf")
+    counts = bas.orbital_counts(symbols)
+    ops = {}
+    for name, mats, unit in (("hamiltonian", f_k, Hartree), ("overlap", s_k, 1.0), ("density_matrix", d_k, 1.0)):
+        ours = np.einsum("ab,kbc,dc->kad", conv, mats, conv) * unit
+        ops[name] = realspace_from_kmesh(
+            atoms, counts, kf_used, ours, kmesh=n_used, drop_below=drop_below, name=name, basis=bas
+        )
+    timings["transform"] = time.perf_counter() - t0
+
+    e_ev = np.asarray(e_k) * Hartree
+    nocc_total = nelec * len(e_ev) // 2
+    flat = np.sort(e_ev.ravel())
+    homo = float(flat[nocc_total - 1])
+    lumo = float(flat[nocc_total]) if nocc_total < flat.size else None
+    results = {
+        "energy": float(mf.e_tot) * Hartree,
+        "converged": bool(mf.converged),
+        "nelectron": nelec,
+        "homo": homo,
+        "lumo": lumo,
+        "gap": None if lumo is None else lumo - homo,
+        "fermi_level": homo if lumo is None else 0.5 * (homo + lumo),
+        "timings": timings,
+    }
+    basis, pseudo = cell.basis, cell.pseudo
+    settings = {
+        "code": "pyscf",
+        "code_version": _pyscf_version(),
+        "method": "KRKS",
+        "xc": mf.xc,
+        "basis": basis if isinstance(basis, str) else repr(basis),
+        "pseudo": pseudo if (pseudo is None or isinstance(pseudo, str)) else repr(pseudo),
+        "kmesh": list(n_scf),
+        "dense_kmesh": None if dense_kmesh is None else list(n_used),
+        "density_fit": type(mf.with_df).__name__ != "FFTDF",
+        "ke_cutoff": None if getattr(cell, "ke_cutoff", None) is None else float(cell.ke_cutoff),
+        "fft_mesh": [int(x) for x in cell.mesh],
+        "conv_tol": float(mf.conv_tol),
+        "block_cutoff": drop_below,
+        "realspace": "minimal image in the Born-von Karman supercell of the mesh used, ties split evenly",
+    }
+    return Frame(atoms.copy(), ops, bas, settings, results)
+
+
+def _eigh_batch(f: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Generalized eigenpairs per k of Hermitian (nk, n, n) pairs (Hartree), ascending."""
+    from scipy.linalg import eigh
+
+    out = [eigh(a, b) for a, b in zip(f, s)]
+    return np.stack([w for w, _ in out]), np.stack([v for _, v in out])
+
+
+def _aufbau_occupations(e_k: np.ndarray, nelectron: int) -> np.ndarray:
+    """Occupations (nk, nbands): 2 for the nelectron * nk / 2 lowest states over the whole mesh."""
+    nk = e_k.shape[0]
+    total = nelectron * nk
+    if total % 2:
+        raise PySCFInputError("an odd number of electrons per mesh cannot fill doubly occupied states")
+    order = np.argsort(e_k.ravel(), kind="stable")
+    occ = np.zeros(e_k.size)
+    occ[order[: total // 2]] = 2.0
+    return occ.reshape(e_k.shape)

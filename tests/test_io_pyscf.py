@@ -1,0 +1,221 @@
+"""PySCF extraction: molecular H/S/D, inverse Bloch transform, periodic KRKS operators (validation 7b)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import bulk, molecule
+from ase.units import Hartree
+
+pytest.importorskip("pyscf")
+
+from ase_slem import band_energies  # noqa: E402
+from ase_slem.basis import Basis  # noqa: E402
+from ase_slem.io.pyscf import (  # noqa: E402
+    PySCFInputError,
+    gamma_centred_mesh,
+    kmesh_to_realspace,
+    molecular_operators,
+    operators_from_krks,
+    periodic_operators,
+    realspace_from_kmesh,
+)
+from ase_slem.solvers import generalized_eigh  # noqa: E402
+
+
+# ---------------------------------------------------------------------------------------------
+# molecules
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def water():
+    atoms = molecule("H2O")
+    atoms.rattle(0.02, seed=3)
+    return molecular_operators(atoms, "pbe", "def2-svp", return_mf=True)
+
+
+def test_molecular_eigenvalues_equal_pyscf_mo_energy(water):
+    frame, mf = water
+    H, S = frame.operators["hamiltonian"], frame.operators["overlap"]
+    assert not H.periodic and H.norb == mf.mol.nao == 24
+    assert np.all(H.R == 0)
+    w = generalized_eigh(H.bloch(np.zeros(3)).real, S.bloch(np.zeros(3)).real, eigvals_only=True)
+    np.testing.assert_allclose(w, mf.mo_energy * Hartree, rtol=0, atol=1e-6)
+
+
+def test_molecular_hamiltonian_is_the_converged_fock_matrix(water):
+    frame, mf = water
+    conv = frame.basis.structure_converter(frame.atoms.get_chemical_symbols(), "pyscf")
+    fock = conv @ mf.get_fock() @ conv.T * Hartree
+    h = frame.operators["hamiltonian"].bloch(np.zeros(3)).real
+    # equal up to the SCF convergence of the density (conv_tol 1e-11 Ha in energy)
+    assert np.abs(h - fock).max() < 1e-3
+    assert np.abs(h).max() > 10.0  # a real Fock matrix, not zeros
+
+
+def test_molecular_density_matrix_counts_electrons(water):
+    frame, mf = water
+    D, S = frame.operators["density_matrix"], frame.operators["overlap"]
+    assert D.trace_product(S) == pytest.approx(10.0, abs=1e-9)
+    assert frame.results["nelectron"] == 10
+    assert frame.results["energy"] == pytest.approx(mf.e_tot * Hartree)
+    q = D.mulliken(S)
+    per_atom = np.add.reduceat(q, D.offsets[:-1])
+    assert per_atom[0] > 8.0  # oxygen pulls charge from the hydrogens
+    assert frame.settings["xc"] == "pbe" and frame.settings["basis"] == "def2-svp"
+
+
+def test_molecular_operators_from_a_pyscf_mole():
+    from pyscf import gto
+
+    mol = gto.M(atom="H 0 0 0; H 0 0 0.74", basis="sto-3g", unit="Angstrom", verbose=0)
+    frame = molecular_operators(mol, "pbe")
+    assert frame.atoms.get_chemical_symbols() == ["H", "H"]
+    np.testing.assert_allclose(frame.atoms.positions[1], [0, 0, 0.74], atol=1e-12)
+    assert frame.operators["density_matrix"].trace_product(frame.operators["overlap"]) == pytest.approx(2.0)
+
+
+def test_molecular_operators_rejects_open_shells_and_crystals():
+    with pytest.raises(PySCFInputError, match="closed-shell"):
+        from pyscf import gto
+
+        molecular_operators(gto.M(atom="O 0 0 0; H 0 0 0.97", basis="sto-3g", spin=1, verbose=0))
+    with pytest.raises(PySCFInputError, match="periodic structure"):
+        molecular_operators(bulk("Si"))
+
+
+# ---------------------------------------------------------------------------------------------
+# inverse Bloch transform on a synthetic tight-binding model
+# ---------------------------------------------------------------------------------------------
+def _chain_atoms():
+    atoms = Atoms("H2", positions=[[0, 0, 0], [0.9, 0.1, 0.0]], cell=[[2.0, 0, 0], [0, 6, 0], [0, 0, 6]], pbc=True)
+    return atoms
+
+
+def test_realspace_from_kmesh_recovers_short_range_model_exactly():
+    from ase_slem.operators import RealSpaceOperator
+
+    atoms = _chain_atoms()
+    rng = np.random.default_rng(0)
+    counts = [2, 2]
+    # range well inside half of a 5-cell BvK supercell: the transform must be exact everywhere
+    blocks, ii, jj, RR = [], [], [], []
+    for a, b, R in [(0, 0, (0, 0, 0)), (1, 1, (0, 0, 0)), (0, 1, (0, 0, 0)), (0, 1, (-1, 0, 0)), (0, 0, (1, 0, 0))]:
+        m = rng.normal(size=(2, 2))
+        blocks.append(m + m.T if (a == b and not any(R)) else m)
+        ii.append(a), jj.append(b), RR.append(R)
+    ref = RealSpaceOperator.from_blocks(counts, ii, jj, RR, blocks)
+    kf = gamma_centred_mesh((5, 1, 1))
+    got = realspace_from_kmesh(atoms, counts, kf[::-1], ref.bloch(kf[::-1]))
+    assert got.max_abs_difference(ref) < 1e-12
+    off = np.random.default_rng(1).random((4, 3))
+    np.testing.assert_allclose(got.bloch(off), ref.bloch(off), atol=1e-12)
+
+
+def test_realspace_from_kmesh_splits_ties_evenly():
+    from ase_slem.operators import RealSpaceOperator
+
+    atoms = Atoms("H", positions=[[0, 0, 0]], cell=np.diag([2.0, 6, 6]), pbc=True)
+    onsite = np.array([[1.0]])
+    hop = np.array([[0.5]])
+    # a 2-point mesh cannot tell R = +1 from R = -1: each gets half of their sum
+    ref = RealSpaceOperator.from_blocks([1], [0, 0], [0, 0], [(0, 0, 0), (1, 0, 0)], [onsite, hop])
+    kf = gamma_centred_mesh((2, 1, 1))
+    got = realspace_from_kmesh(atoms, [1], kf, ref.bloch(kf))
+    assert got.block(0, 0, (1, 0, 0))[0, 0] == pytest.approx(0.5)  # 0.5 (R=+1) + 0.5 (R=-1), halved
+    assert got.block(0, 0, (-1, 0, 0))[0, 0] == pytest.approx(0.5)
+    np.testing.assert_allclose(got.bloch(kf), ref.bloch(kf), atol=1e-14)
+
+
+def test_realspace_from_kmesh_errors():
+    atoms = _chain_atoms()
+    kf = gamma_centred_mesh((3, 1, 1))
+    mats = np.tile(np.eye(4), (3, 1, 1)).astype(complex)
+    with pytest.raises(PySCFInputError, match="Gamma-centred"):
+        realspace_from_kmesh(atoms, [2, 2], kf + 0.1, mats)
+    with pytest.raises(PySCFInputError, match="full Gamma-centred"):
+        realspace_from_kmesh(atoms, [2, 2], kf[:2], mats[:2], kmesh=(3, 1, 1))
+    with pytest.raises(PySCFInputError, match="expected"):
+        realspace_from_kmesh(atoms, [2, 2], kf, mats[:, :3, :3])
+    bad = mats.copy()
+    bad[1, 0, 1] = 1j  # X(-k) != conj(X(k))
+    with pytest.raises(PySCFInputError, match="imaginary part"):
+        realspace_from_kmesh(atoms, [2, 2], kf, bad)
+
+
+# ---------------------------------------------------------------------------------------------
+# crystals (validation 7b): minimal basis, small mesh, low cutoff -> seconds
+# ---------------------------------------------------------------------------------------------
+SI_FAST = dict(xc="pbe", basis="gth-szv", pseudo="gth-pade", kmesh=(2, 2, 2), density_fit=False, ke_cutoff=25)
+
+
+@pytest.fixture(scope="module")
+def silicon():
+    atoms = bulk("Si", "diamond", a=5.43)
+    atoms.rattle(0.03, seed=1)
+    frame, mf = periodic_operators(atoms, return_mf=True, **SI_FAST)
+    return atoms, frame, mf
+
+
+def test_periodic_operators_reproduce_pyscf_eigenvalues_on_the_mesh(silicon):
+    atoms, frame, mf = silicon
+    H, S = frame.operators["hamiltonian"], frame.operators["overlap"]
+    assert H.norb == 8 and H.basis == Basis({"Si": "1s1p"})
+    kf = mf.cell.get_scaled_kpts(mf.kpts)
+    e = band_energies(H, S, kf)
+    np.testing.assert_allclose(e, np.asarray(mf.mo_energy) * Hartree, rtol=0, atol=1e-6)
+    assert frame.results["converged"]
+    assert frame.results["gap"] > 0.3
+
+
+def test_periodic_density_matrix_counts_electrons_on_the_mesh(silicon):
+    atoms, frame, mf = silicon
+    D, S = frame.operators["density_matrix"], frame.operators["overlap"]
+    kf = mf.cell.get_scaled_kpts(mf.kpts)
+    ne = np.einsum("kab,kba->", D.bloch(kf), S.bloch(kf)).real / len(kf)
+    assert ne == pytest.approx(8.0, abs=1e-9)
+
+
+def test_kmesh_to_realspace_of_pyscf_overlap_has_our_R_sign(silicon):
+    """S(0, 1, R) from the transform equals <phi_0(r - tau_0)|phi_1(r - tau_1 - R)> computed directly."""
+    from pyscf import gto
+
+    atoms, frame, mf = silicon
+    cell = mf.cell
+    kd = cell.make_kpts((4, 4, 4))
+    S = kmesh_to_realspace(cell, kd, cell.pbc_intor("int1e_ovlp", hermi=1, kpts=kd))
+    bas = Basis.from_pyscf(cell)
+    c1 = bas.converter("Si", "pyscf")
+    lat = cell.lattice_vectors()
+    nearest = [R for R in [(0, 0, 0), (-1, 0, 0), (0, -1, 0), (0, 0, -1)]]
+    for R in nearest:
+        shifted = cell.set_geom_(cell.atom_coords() + np.asarray(R) @ lat, unit="Bohr", inplace=False)
+        direct = gto.intor_cross("int1e_ovlp", cell, shifted)[:4, 4:]  # atom 0 home, atom 1 shifted
+        direct = c1 @ direct @ c1.T
+        assert np.abs(direct).max() > 0.05  # a nearest-neighbour pair
+        np.testing.assert_allclose(S.block(0, 1, R), direct, atol=2e-5)
+        # the opposite shift is a distant pair: the test tells R from -R
+        assert np.abs(S.block(0, 1, tuple(-x for x in R)) - direct).max() > 0.05 or R == (0, 0, 0)
+
+
+def test_dense_mesh_fock_matches_get_bands(silicon):
+    atoms, frame, mf = silicon
+    full = operators_from_krks(mf, atoms, dense_kmesh=(3, 3, 3), time_reversal=False)
+    H, S = full.operators["hamiltonian"], full.operators["overlap"]
+    kf = gamma_centred_mesh((3, 3, 3))
+    ref = np.asarray(mf.get_bands(mf.cell.get_abs_kpts(kf))[0]) * Hartree
+    np.testing.assert_allclose(band_energies(H, S, kf), ref, rtol=0, atol=1e-6)
+    D = full.operators["density_matrix"]
+    ne = np.einsum("kab,kba->", D.bloch(kf), S.bloch(kf)).real / len(kf)
+    assert ne == pytest.approx(8.0, abs=1e-9)
+    assert full.settings["dense_kmesh"] == [3, 3, 3] and full.settings["kmesh"] == [2, 2, 2]
+    # time-reversal halving: PySCF's F(-k) = conj(F(k)) to ~1e-9 Ha at this cutoff (its GTH
+    # pseudopotential on the FFT grid breaks it at 5e-8 Ha for ke_cutoff = 20 Ha)
+    half = operators_from_krks(mf, atoms, dense_kmesh=(3, 3, 3), time_reversal=True)
+    assert half.operators["hamiltonian"].max_abs_difference(H) < 1e-6
+    e_half = band_energies(half.operators["hamiltonian"], half.operators["overlap"], kf)
+    np.testing.assert_allclose(e_half, ref, rtol=0, atol=1e-6)
+
+
+def test_periodic_operators_needs_a_crystal():
+    with pytest.raises(PySCFInputError, match="periodic"):
+        periodic_operators(molecule("H2O"), **SI_FAST)
