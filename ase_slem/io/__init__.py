@@ -30,39 +30,31 @@ class UnknownFormatError(ValueError):
     """The path is not in any layout :func:`read_operators` recognises."""
 
 
-def _has(folder: Path, *names: str) -> bool:
-    return all((folder / n).exists() for n in names)
-
-
-def _any_glob(folder: Path, *patterns: str) -> bool:
-    return any(next(folder.glob(p), None) is not None for p in patterns)
-
-
 def detect_format(path: str | os.PathLike) -> str:
-    """Name of the format of ``path`` (a key of :data:`FORMATS`), from the files present."""
+    """Name of the format of ``path`` (a key of :data:`FORMATS`), from the files present.
+
+    Each format module decides with its own ``detect(path)``; formats are tried in the order
+    of :data:`FORMATS` (DeePTB before DeepH: both use ``hamiltonians.h5``).
+    """
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p} does not exist")
-    if p.is_file():
-        name = p.name.lower()
-        if name.endswith(".hsx"):
-            return "siesta"
-        if name.endswith(".csr"):
-            return "abacus"
-        folder = p.parent
-    else:
-        folder = p
-    if _has(folder, "atomic_numbers.dat") and _any_glob(folder, "hamiltonians.h5", "overlaps.h5", "density_matrices.h5", "DM.h5"):
-        return "deeptb"
-    if _has(folder, "element.dat", "orbital_types.dat") and _any_glob(folder, "hamiltonians.h5", "overlaps.h5"):
-        return "deeph"
-    if _has(folder, "POSCAR", "info.json") and _any_glob(folder, "hamiltonian.h5", "overlap.h5", "density_matrix.h5"):
-        return "deeph"
-    if _any_glob(folder, "*.HSX", "*.hsx"):
-        return "siesta"
-    if _any_glob(folder, "*.csr", "OUT.*/*.csr"):
-        return "abacus"
-    raise UnknownFormatError(_unknown_message(folder))
+    for fmt in FORMATS:
+        module = _module(fmt)
+        if module is not None and module.detect(p):
+            return fmt
+    raise UnknownFormatError(_unknown_message(p.parent if p.is_file() else p))
+
+
+def _module(fmt: str):
+    """The reader module of ``fmt``, or None when this installation lacks it."""
+    name = f"{__name__}.{FORMATS[fmt][0]}"
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name == name:
+            return None
+        raise
 
 
 def _unknown_message(folder: Path) -> str:
@@ -101,13 +93,9 @@ def read_operators(path: str | os.PathLike, format: str | None = None, **kwargs)
     fmt = format or detect_format(path)
     if fmt not in FORMATS:
         raise UnknownFormatError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
-    module_name = FORMATS[fmt][0]
-    try:
-        module = importlib.import_module(f"{__name__}.{module_name}")
-    except ModuleNotFoundError as exc:
-        if exc.name == f"{__name__}.{module_name}":
-            raise UnknownFormatError(
-                f"{path} is in {fmt} layout, but this installation has no {fmt} reader (ase_slem.io.{module_name})"
-            ) from None
-        raise
+    module = _module(fmt)
+    if module is None:
+        raise UnknownFormatError(
+            f"{path} is in {fmt} layout, but this installation has no {fmt} reader (ase_slem.io.{FORMATS[fmt][0]})"
+        )
     return module.read(path, **kwargs)

@@ -38,7 +38,7 @@ from ..basis import Basis, BasisError
 from ..operators import RealSpaceOperator
 from .dataset import DatasetError, Frame
 
-__all__ = ["read", "read_frame", "read_frames", "write", "count_frames", "is_deeptb_folder", "DeePTBFormatError"]
+__all__ = ["read", "read_frame", "read_frames", "write", "count_frames", "detect", "is_deeptb_folder", "DeePTBFormatError"]
 
 FORMAT_VERSION = 1
 OPERATOR_FILES = {
@@ -54,18 +54,29 @@ class DeePTBFormatError(DatasetError):
 
 
 def is_deeptb_folder(path: str | os.PathLike) -> bool:
-    """True if ``path`` looks like a DeePTB trajectory folder (structure + an operator .h5)."""
+    """True if ``path`` (or the folder of a file ``path``) is a DeePTB trajectory folder:
+    atomic_numbers.dat and one of the operator .h5 files (hamiltonians.h5, overlaps.h5,
+    density_matrices.h5, DM.h5)."""
     p = Path(path)
+    if p.is_file():
+        p = p.parent
     if not p.is_dir() or not (p / "atomic_numbers.dat").exists():
         return False
     return any((p / name).exists() for names in OPERATOR_FILES.values() for name in names)
+
+
+detect = is_deeptb_folder
 
 
 # ---------------------------------------------------------------------------------------------
 # reading
 # ---------------------------------------------------------------------------------------------
 def read(path: str | os.PathLike, index: int = 0) -> tuple[Atoms, dict[str, RealSpaceOperator]]:
-    """(atoms, {"hamiltonian", "overlap", "density_matrix" where present}) of frame ``index``."""
+    """(atoms, {"hamiltonian", "overlap", "density_matrix" where present}) of frame ``index``.
+
+    ``atoms.info`` gets ``basis`` ({element: "1s1p"}), ``source`` ("deeptb") and, for files we
+    wrote, ``fermi_level`` (eV) when the frame's results have one.
+    """
     frame = read_frame(path, index)
     return frame.atoms, frame.operators
 
@@ -131,6 +142,9 @@ def read_frame(path: str | os.PathLike, index: int = 0, *, hermiticity_tol: floa
     fmeta = frames_meta[index] if index < len(frames_meta) else {}
     settings = fmeta.get("settings", {"source": "deeptb", "path": str(folder)})
     results = fmeta.get("results", {})
+    atoms.info.update({"basis": basis.as_strings(), "source": "deeptb"})
+    if results.get("fermi_level") is not None:
+        atoms.info["fermi_level"] = float(results["fermi_level"])
     return Frame(atoms, ops, basis, settings, results)
 
 
