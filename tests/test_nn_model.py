@@ -251,3 +251,23 @@ def test_isolated_atom_and_no_bonds():
     assert out["hamiltonian_bond"].shape == (0, model.max_norb, model.max_norb)
     assert out["hamiltonian_onsite"].shape == (2, model.max_norb, model.max_norb)
     assert torch.allclose(out["overlap_onsite"][0][:9, :9], torch.eye(9))
+
+
+def test_outputs_to_operators():
+    ops_mod = pytest.importorskip("ase_slem.operators")
+    from ase_slem.nn.slem import outputs_to_operators
+
+    model = small_model({"C": [0, 1, 2], "H": [0, 1]}, r_cut=2.8, n_layers=1)
+    atoms = periodic(["C", "H", "C"], seed=9)
+    g, out = model.predict(atoms)
+    ops = outputs_to_operators(model, g, out, atoms)
+    assert set(ops) == set(OPS)
+    h = ops["hamiltonian"]
+    assert isinstance(h, ops_mod.RealSpaceOperator)
+    i, j, R = g.bonds
+    k = 0
+    ni, nj = h.orbital_counts[i[k]], h.orbital_counts[j[k]]
+    assert np.allclose(h.block(int(i[k]), int(j[k]), tuple(R[k])),
+                       out["hamiltonian_bond"][k, :ni, :nj].detach().numpy())
+    assert np.allclose(h.block(int(j[k]), int(i[k]), tuple(-R[k])),
+                       out["hamiltonian_bond"][k, :ni, :nj].detach().numpy().T)

@@ -351,3 +351,34 @@ def average_num_neighbors(graphs) -> float:
     n_edge = sum(int(g.edge_index.shape[1]) for g in graphs)
     n_atom = sum(int(g.positions.shape[0]) for g in graphs)
     return n_edge / max(n_atom, 1)
+
+
+def outputs_to_operators(model: "SLEM", graph, outputs: Dict[str, Tensor], atoms=None):
+    """Turn the padded model outputs into ``{operator: RealSpaceOperator}``.
+
+    ``graph``: the :class:`~ase_slem.nn.graph.AtomGraph` the outputs were predicted for.
+    Blocks are cut to each atom's orbital count; onsite blocks become ``(i, i, 0)``.
+    """
+    import numpy as np
+
+    from ..operators import RealSpaceOperator
+
+    species = graph.species.numpy()
+    mask = model.orbital_mask.cpu().numpy()
+    counts = mask.sum(1)[species]
+    bi, bj, bR = graph.bonds
+    natoms = len(species)
+    periodic = bool(graph.pbc.any().item()) if atoms is None else bool(np.any(atoms.pbc))
+    symbols = [model.symbols[s] for s in species]
+    ops = {}
+    for op in model.operators:
+        on = outputs[op + "_onsite"].detach().cpu().numpy()
+        bd = outputs[op + "_bond"].detach().cpu().numpy()
+        blocks = [on[a, : counts[a], : counts[a]] for a in range(natoms)]
+        blocks += [bd[k, : counts[bi[k]], : counts[bj[k]]] for k in range(len(bi))]
+        i = np.concatenate([np.arange(natoms), bi]).astype(np.int64)
+        j = np.concatenate([np.arange(natoms), bj]).astype(np.int64)
+        R = np.concatenate([np.zeros((natoms, 3), np.int64), np.asarray(bR, np.int64).reshape(-1, 3)])
+        ops[op] = RealSpaceOperator.from_blocks(counts, i, j, R, blocks, periodic=periodic, name=op,
+                                                symbols=symbols)
+    return ops
