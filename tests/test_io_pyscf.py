@@ -91,15 +91,20 @@ def _chain_atoms():
     return atoms
 
 
-def test_realspace_from_kmesh_recovers_short_range_model_exactly():
+@pytest.mark.parametrize("unwrap", [0, 2])
+def test_realspace_from_kmesh_recovers_short_range_model_exactly(unwrap):
+    """Exact for any operator whose range fits in half the BvK supercell, also for atoms lying
+    ``unwrap`` cells outside the unit cell (blocks then sit at R shifted by -unwrap)."""
     from ase_slem.operators import RealSpaceOperator
 
     atoms = _chain_atoms()
+    atoms.positions[1, 0] += unwrap * atoms.cell[0, 0]
     rng = np.random.default_rng(0)
     counts = [2, 2]
     # range well inside half of a 5-cell BvK supercell: the transform must be exact everywhere
     blocks, ii, jj, RR = [], [], [], []
-    for a, b, R in [(0, 0, (0, 0, 0)), (1, 1, (0, 0, 0)), (0, 1, (0, 0, 0)), (0, 1, (-1, 0, 0)), (0, 0, (1, 0, 0))]:
+    u = -unwrap
+    for a, b, R in [(0, 0, (0, 0, 0)), (1, 1, (0, 0, 0)), (0, 1, (u, 0, 0)), (0, 1, (u - 1, 0, 0)), (0, 0, (1, 0, 0))]:
         m = rng.normal(size=(2, 2))
         blocks.append(m + m.T if (a == b and not any(R)) else m)
         ii.append(a), jj.append(b), RR.append(R)

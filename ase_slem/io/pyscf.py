@@ -45,6 +45,7 @@ __all__ = [
     "gamma_centred_mesh",
     "kmesh_to_realspace",
     "realspace_from_kmesh",
+    "minimal_image_shifts",
     "run_krks",
     "operators_from_krks",
     "periodic_operators",
@@ -342,34 +343,22 @@ def realspace_from_kmesh(
             f"element {scale:.3g}); X(-k) must equal conj(X(k)) -- check the mesh is complete and the "
             "matrices Hermitian"
         )
-    xg = xg.real.reshape(-1, norb, norb)
-    gpts = np.stack(np.meshgrid(*[np.arange(x) for x in n], indexing="ij"), axis=-1).reshape(-1, 3)
-    gpts = gpts - nvec * (gpts > nvec // 2)  # centre the BvK cell: g in (-n/2, n/2]
-    cands = np.array(list(product((-1, 0, 1), repeat=3)))
-    lattice = np.asarray(atoms.cell[:], dtype=float)
-    pos = atoms.positions
+    xg = xg.real.reshape(-1, norb, norb)  # C order over (g1, g2, g3), as minimal_image_shifts
+    ia, ib, ig, shifts, weight = minimal_image_shifts(atoms, n, tie_tolerance=tie_tolerance)
     offsets = np.concatenate([[0], np.cumsum(counts)])
-
     bi, bj, bR, blocks = [], [], [], []
-    classes = {int(c): np.flatnonzero(counts == c) for c in np.unique(counts)}
-    images = (gpts[:, None, :] + nvec * cands[None, :, :])  # (N, 27, 3) cell shifts
-    shift_cart = images @ lattice  # (N, 27, 3)
-    for na, atoms_a in classes.items():
-        rows = offsets[atoms_a][:, None] + np.arange(na)
-        for nb, atoms_b in classes.items():
-            cols = offsets[atoms_b][:, None] + np.arange(nb)
-            d = pos[atoms_b][None, :, :] - pos[atoms_a][:, None, :]  # (A, B, 3)
-            dist = np.linalg.norm(d[:, :, None, None, :] + shift_cart[None, None], axis=-1)  # (A,B,N,27)
-            best = dist.min(axis=-1, keepdims=True)
-            tied = dist <= best + tie_tolerance
-            weight = 1.0 / tied.sum(axis=-1)  # (A, B, N)
-            ia, ib, ig, il = np.nonzero(tied)
-            sub = xg[ig[:, None, None], rows[ia][:, :, None], cols[ib][:, None, :]]  # (M, na, nb)
-            sub = sub * weight[ia, ib, ig][:, None, None]
+    for na in np.unique(counts):
+        for nb in np.unique(counts):
+            sel = np.flatnonzero((counts[ia] == na) & (counts[ib] == nb))
+            if not len(sel):
+                continue
+            rows = offsets[ia[sel]][:, None, None] + np.arange(na)[None, :, None]
+            cols = offsets[ib[sel]][:, None, None] + np.arange(nb)[None, None, :]
+            sub = xg[ig[sel][:, None, None], rows, cols] * weight[sel][:, None, None]  # (M, na, nb)
             keep = np.abs(sub).max(axis=(1, 2), initial=0.0) > drop_below
-            bi.append(atoms_a[ia[keep]])
-            bj.append(atoms_b[ib[keep]])
-            bR.append(images[ig[keep], il[keep]])
+            bi.append(ia[sel][keep])
+            bj.append(ib[sel][keep])
+            bR.append(shifts[sel][keep])
             blocks.extend(sub[keep])
     return RealSpaceOperator.from_blocks(
         counts,
@@ -383,6 +372,36 @@ def realspace_from_kmesh(
         basis=basis,
         symbols=atoms.get_chemical_symbols(),
     )
+
+
+def minimal_image_shifts(atoms: Atoms, kmesh: Sequence[int], *, tie_tolerance: float = 1e-5, search: int = 2):
+    """Minimal images of every atom pair and Born–von Karman vector of an n1 x n2 x n3 supercell.
+
+    For atoms a, b and each g (0 <= g_i < n_i, in the order of a C-ordered meshgrid over
+    (g1, g2, g3)), the cell shifts R = g + n * L (L integer) with the smallest pair distance
+    |tau_b + R.A - tau_a|; all R within ``tie_tolerance`` (Å) of the smallest are returned,
+    each with weight 1 / (number of ties).  L is searched within ``search`` of the image
+    nearest the wrapped displacement, which covers reduced and moderately skewed cells
+    (positions may lie outside the cell).
+
+    Returns ``a, b, g_index, R (M, 3), weight (M,)``.
+    """
+    nvec = np.asarray(_mesh_tuple(kmesh))
+    lattice = np.asarray(atoms.cell[:], dtype=float)
+    frac = np.linalg.solve(lattice.T, atoms.positions.T).T  # unwrapped fractional positions
+    g = np.stack(np.meshgrid(*[np.arange(x) for x in nvec], indexing="ij"), axis=-1).reshape(-1, 3)
+    cands = np.array(list(product(range(-search, search + 1), repeat=3)))
+    out = []
+    for a in range(len(atoms)):  # one atom at a time bounds the memory; vectorized over b, g, L
+        dfrac = frac - frac[a]  # (B, 3)
+        base = np.round((-dfrac[:, None, :] - g[None]) / nvec)  # (B, N, 3): image nearest a
+        shifts = g[None, :, None, :] + nvec * (base[:, :, None, :] + cands[None, None])  # (B, N, C, 3)
+        dist = np.linalg.norm((dfrac[:, None, None, :] + shifts) @ lattice, axis=-1)  # (B, N, C)
+        tied = dist <= dist.min(axis=-1, keepdims=True) + tie_tolerance
+        weight = 1.0 / tied.sum(axis=-1)
+        ib, ig, ic = np.nonzero(tied)
+        out.append((np.full(len(ib), a), ib, ig, shifts[ib, ig, ic].astype(np.int64), weight[ib, ig]))
+    return tuple(np.concatenate(x) for x in zip(*out))
 
 
 def kmesh_to_realspace(cell, kpts: np.ndarray, mats_k: np.ndarray, *, unit: float = 1.0,
