@@ -116,6 +116,22 @@ def test_realspace_from_kmesh_recovers_short_range_model_exactly(unwrap):
     np.testing.assert_allclose(got.bloch(off), ref.bloch(off), atol=1e-12)
 
 
+def test_realspace_from_kmesh_distance_cutoff():
+    atoms = _chain_atoms()
+    kf = gamma_centred_mesh((5, 1, 1))
+    rng = np.random.default_rng(2)
+    m = rng.normal(size=(5, 4, 4)) + 1j * rng.normal(size=(5, 4, 4))
+    mats = m + np.conj(np.swapaxes(m, 1, 2))
+    mats = 0.5 * (mats + np.conj(mats[[0, 4, 3, 2, 1]]))  # X(-k) = conj(X(k))
+    full = realspace_from_kmesh(atoms, [2, 2], kf, mats)
+    cut = realspace_from_kmesh(atoms, [2, 2], kf, mats, max_distance=2.1)
+    pos, cell = atoms.positions, atoms.cell[:]
+    dist = [np.linalg.norm(pos[b] + np.asarray(R) @ cell - pos[a]) for a, b, R, _ in cut.iter_blocks()]
+    assert max(dist) <= 2.1 and cut.nblocks < full.nblocks
+    for a, b, R, blk in cut.iter_blocks():
+        np.testing.assert_allclose(blk, full.block(a, b, R))
+
+
 def test_realspace_from_kmesh_splits_ties_evenly():
     from ase_slem.operators import RealSpaceOperator
 

@@ -21,8 +21,9 @@ only if the true X(R) vanishes beyond half the BvK supercell: Gaussian tails tha
 are aliased, which is why :func:`periodic_operators` can build the Fock matrix on a denser mesh
 (``dense_kmesh``) from the density converged on the SCF mesh -- the same non-self-consistent
 construction ``mf.get_bands`` uses (hcore + veff of the converged density at the band k-points).
-Block cutoff: blocks whose largest |element| is at most ``drop_below`` (in the operator's unit)
-are not stored; the default 0 keeps every block the transform produces.
+Block cutoff: blocks whose largest |element| is at most ``drop_below`` (in the operator's unit),
+or of atom pairs farther apart than ``max_distance`` (Å), are not stored; the defaults (0, None)
+keep every block the transform produces (one per atom pair and BvK vector, plus tied images).
 """
 from __future__ import annotations
 
@@ -293,6 +294,7 @@ def realspace_from_kmesh(
     *,
     kmesh: Sequence[int] | None = None,
     drop_below: float = 0.0,
+    max_distance: float | None = None,
     tie_tolerance: float = 1e-5,
     hermiticity_tol: float = 1e-6,
     name: str = "operator",
@@ -315,6 +317,8 @@ def realspace_from_kmesh(
         the mesh size, if it cannot be read off ``kpts`` (it usually can).
     drop_below:
         blocks whose largest |element| is at most this are not stored (unit of X).
+    max_distance:
+        blocks of atom pairs farther apart than this (Å) are not stored (default: keep all).
     tie_tolerance:
         images whose pair distances differ by less than this (Å) share a block equally.
 
@@ -344,7 +348,10 @@ def realspace_from_kmesh(
             "matrices Hermitian"
         )
     xg = xg.real.reshape(-1, norb, norb)  # C order over (g1, g2, g3), as minimal_image_shifts
-    ia, ib, ig, shifts, weight = minimal_image_shifts(atoms, n, tie_tolerance=tie_tolerance)
+    ia, ib, ig, shifts, weight, dist = minimal_image_shifts(atoms, n, tie_tolerance=tie_tolerance)
+    if max_distance is not None:
+        near = dist <= max_distance
+        ia, ib, ig, shifts, weight = ia[near], ib[near], ig[near], shifts[near], weight[near]
     offsets = np.concatenate([[0], np.cumsum(counts)])
     bi, bj, bR, blocks = [], [], [], []
     for na in np.unique(counts):
@@ -384,7 +391,7 @@ def minimal_image_shifts(atoms: Atoms, kmesh: Sequence[int], *, tie_tolerance: f
     nearest the wrapped displacement, which covers reduced and moderately skewed cells
     (positions may lie outside the cell).
 
-    Returns ``a, b, g_index, R (M, 3), weight (M,)``.
+    Returns ``a, b, g_index, R (M, 3), weight (M,), distance (M,)`` (Å).
     """
     nvec = np.asarray(_mesh_tuple(kmesh))
     lattice = np.asarray(atoms.cell[:], dtype=float)
@@ -400,12 +407,13 @@ def minimal_image_shifts(atoms: Atoms, kmesh: Sequence[int], *, tie_tolerance: f
         tied = dist <= dist.min(axis=-1, keepdims=True) + tie_tolerance
         weight = 1.0 / tied.sum(axis=-1)
         ib, ig, ic = np.nonzero(tied)
-        out.append((np.full(len(ib), a), ib, ig, shifts[ib, ig, ic].astype(np.int64), weight[ib, ig]))
+        out.append((np.full(len(ib), a), ib, ig, shifts[ib, ig, ic].astype(np.int64), weight[ib, ig], dist[ib, ig, ic]))
     return tuple(np.concatenate(x) for x in zip(*out))
 
 
 def kmesh_to_realspace(cell, kpts: np.ndarray, mats_k: np.ndarray, *, unit: float = 1.0,
-                       drop_below: float = 0.0, name: str = "operator") -> RealSpaceOperator:
+                       drop_below: float = 0.0, max_distance: float | None = None,
+                       name: str = "operator") -> RealSpaceOperator:
     """PySCF k-space AO matrices on a Gamma-centred mesh -> :class:`RealSpaceOperator` in our order.
 
     ``cell`` is a built PySCF ``Cell``; ``kpts`` (N, 3) are PySCF's absolute k-points (1/bohr,
@@ -422,7 +430,8 @@ def kmesh_to_realspace(cell, kpts: np.ndarray, mats_k: np.ndarray, *, unit: floa
         mats = np.einsum("ab,kbc,dc->kad", conv, mats, conv) * unit
     kfrac = cell.get_scaled_kpts(np.asarray(kpts).reshape(-1, 3))
     return realspace_from_kmesh(
-        atoms, bas.orbital_counts(symbols), kfrac, mats, drop_below=drop_below, name=name, basis=bas
+        atoms, bas.orbital_counts(symbols), kfrac, mats, drop_below=drop_below, max_distance=max_distance,
+        name=name, basis=bas
     )
 
 
@@ -484,6 +493,7 @@ def periodic_operators(
     conv_tol: float = 1e-9,
     time_reversal: bool = True,
     drop_below: float = 0.0,
+    max_distance: float | None = None,
     verbose: int = 0,
     return_mf: bool = False,
 ):
@@ -505,7 +515,7 @@ def periodic_operators(
         Gaussian density fitting (GDF) instead of PySCF's default FFT density fitting.
     ke_cutoff:
         plane-wave kinetic-energy cutoff of the real-space grid (Hartree); default PySCF's.
-    time_reversal, drop_below:
+    time_reversal, drop_below, max_distance:
         see :func:`operators_from_krks`.
     return_mf:
         also return the PySCF mean-field object (for reference band calculations).
@@ -519,7 +529,7 @@ def periodic_operators(
                   conv_tol=conv_tol, verbose=verbose)
     t_scf = time.perf_counter() - t0
     frame = operators_from_krks(mf, atoms, dense_kmesh=dense_kmesh, time_reversal=time_reversal,
-                                drop_below=drop_below)
+                                drop_below=drop_below, max_distance=max_distance)
     frame.results["timings"] = {"scf": t_scf, **frame.results["timings"]}
     return (frame, mf) if return_mf else frame
 
@@ -531,6 +541,7 @@ def operators_from_krks(
     dense_kmesh: Sequence[int] | None = None,
     time_reversal: bool = True,
     drop_below: float = 0.0,
+    max_distance: float | None = None,
 ) -> Frame:
     """H(R) (eV), S(R), D(R) from a converged PySCF KRKS object on a Gamma-centred mesh.
 
@@ -542,7 +553,8 @@ def operators_from_krks(
     (aufbau: the lowest nelectron * nk / 2 states of the whole mesh doubly occupied) density
     matrix of that H.  A denser mesh pushes the aliasing of the Gaussian tails out; it costs a
     Fock build per k-point.  With ``time_reversal`` F is built at one of each pair k, -k only
-    and F(-k) = conj(F(k)).  ``drop_below`` is the block cutoff of :func:`realspace_from_kmesh`.
+    and F(-k) = conj(F(k)).  ``drop_below`` and ``max_distance`` are the block cutoffs of
+    :func:`realspace_from_kmesh`.
 
     ``results`` holds ``energy`` (eV), ``converged``, ``nelectron``, ``fermi_level`` (mid-gap
     for insulators, eV), ``homo``/``lumo``/``gap`` (eV, on the mesh used for H) and
@@ -598,7 +610,8 @@ def operators_from_krks(
     for name, mats, unit in (("hamiltonian", f_k, Hartree), ("overlap", s_k, 1.0), ("density_matrix", d_k, 1.0)):
         ours = np.einsum("ab,kbc,dc->kad", conv, mats, conv) * unit
         ops[name] = realspace_from_kmesh(
-            atoms, counts, kf_used, ours, kmesh=n_used, drop_below=drop_below, name=name, basis=bas
+            atoms, counts, kf_used, ours, kmesh=n_used, drop_below=drop_below, max_distance=max_distance,
+            name=name, basis=bas
         )
     timings["transform"] = time.perf_counter() - t0
 
@@ -632,6 +645,7 @@ def operators_from_krks(
         "fft_mesh": [int(x) for x in cell.mesh],
         "conv_tol": float(mf.conv_tol),
         "block_cutoff": drop_below,
+        "max_distance": max_distance,
         "realspace": "minimal image in the Born-von Karman supercell of the mesh used, ties split evenly",
     }
     return Frame(atoms.copy(), ops, bas, settings, results)
