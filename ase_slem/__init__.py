@@ -8,6 +8,9 @@ from __future__ import annotations
 from .basis import Basis, OrbitalLabel
 from .operators import NonHermitianError, OperatorError, RealSpaceOperator
 from .solvers import band_energies, eigs_near, generalized_eigh, solve_k
+from .bands import band_path, band_structure
+from .dos import band_gap, dos, fermi_level
+from .kmesh import monkhorst_pack
 
 __version__ = "0.1.0"
 
@@ -21,6 +24,12 @@ __all__ = [
     "solve_k",
     "generalized_eigh",
     "eigs_near",
+    "band_path",
+    "band_structure",
+    "dos",
+    "fermi_level",
+    "band_gap",
+    "monkhorst_pack",
     "SLEMCalculator",
 ]
 
