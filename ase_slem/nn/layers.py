@@ -36,6 +36,13 @@ class E3Linear(torch.nn.Module):
     Output is in ``irreps_out.sorted()`` layout; (l, p) absent from the input give zeros.
     """
 
+    g_l: List[int]
+    g_in_start: List[int]
+    g_in_mul: List[int]
+    g_out_mul: List[int]
+    g_w_off: List[int]
+    g_present: List[bool]
+
     dim_in: int
     dim_out: int
     use_perm: bool
@@ -55,12 +62,12 @@ class E3Linear(torch.nn.Module):
         for mul, l, p in ins.blocks:
             in_start[(l, p)] = (o, mul)
             o += mul * (2 * l + 1)
-        self.g_l: List[int] = []
-        self.g_in_start: List[int] = []
-        self.g_in_mul: List[int] = []
-        self.g_out_mul: List[int] = []
-        self.g_w_off: List[int] = []
-        self.g_present: List[bool] = []
+        self.g_l = []
+        self.g_in_start = []
+        self.g_in_mul = []
+        self.g_out_mul = []
+        self.g_w_off = []
+        self.g_present = []
         w_off = 0
         inits = []
         bias_size = 0
@@ -160,15 +167,19 @@ class EquivariantLayerNorm(torch.nn.Module):
     channel (and bias on 0e).
     """
 
+    b_l: List[int]
+    b_p: List[int]
+    b_mul: List[int]
+
     eps: float
 
     def __init__(self, irreps: Irreps, eps: float = 1e-8):
         super().__init__()
         self.irreps = irreps.sorted()
         self.eps = float(eps)
-        self.b_l: List[int] = []
-        self.b_p: List[int] = []
-        self.b_mul: List[int] = []
+        self.b_l = []
+        self.b_p = []
+        self.b_mul = []
         for mul, l, p in self.irreps.blocks:
             self.b_l.append(l)
             self.b_p.append(p)

@@ -161,6 +161,10 @@ class SLEM(torch.nn.Module):
         beyond ``r_cut`` are damped by a trainable exponential.
     """
 
+    symbols: List[str]
+    operators: List[str]
+    head_names: List[str]
+
     n_species: int
     max_norb: int
     lmax: int
@@ -201,7 +205,7 @@ class SLEM(torch.nn.Module):
             operators=list(operators), lem=lem, r_max=r_max, lem_decay=lem_decay,
             envelope_p=envelope_p,
         )
-        self.symbols: List[str] = list(basis.keys())
+        self.symbols = list(basis.keys())
         self.n_species = len(self.symbols)
         shells = [[int(l) for l in basis[s]] for s in self.symbols]
         lmax_basis = max(max(s) for s in shells)
@@ -218,9 +222,9 @@ class SLEM(torch.nn.Module):
             self.r_max = self.r_cut
         self.inv_avg = 1.0 / float(avg_num_neighbors)
         self.inv_sqrt_avg = 1.0 / math.sqrt(float(avg_num_neighbors))
-        self.operators: List[str] = list(operators)
+        self.operators = list(operators)
         self.predict_overlap = "overlap" in self.operators
-        self.head_names: List[str] = [op for op in self.operators if op != "overlap"]
+        self.head_names = [op for op in self.operators if op != "overlap"]
 
         hidden = Irreps.full(self.lmax, channels)
         self.hidden_irreps = hidden

@@ -49,6 +49,12 @@ class SO2Conv(torch.nn.Module):
     ``(E, irreps_out.sorted().dim)``.
     """
 
+    frame_sizes: List[int]
+    w_sizes: List[int]
+    m_sizes: List[int]
+    in_sizes: List[int]
+    out_sizes: List[int]
+
     lmax_frame: int
     lmax: int
     dim_in: int
@@ -68,7 +74,7 @@ class SO2Conv(torch.nn.Module):
         self.dim_in = irreps_in.dim
         self.dim_out = outs.dim
         dt = torch.get_default_dtype()
-        self.frame_sizes: List[int] = packed_sizes(self.lmax_frame)
+        self.frame_sizes = packed_sizes(self.lmax_frame)
 
         perm = irreps_in.sort_permutation()
         self.use_perm_in = perm != list(range(self.dim_in))
@@ -147,13 +153,13 @@ class SO2Conv(torch.nn.Module):
         self.n_in = n_in
         self.n_out = n_out
         self.w_offsets = w_offsets
-        self.w_sizes: List[int] = []
-        self.m_sizes: List[int] = []
+        self.w_sizes = []
+        self.m_sizes = []
         for m in range(mmax + 1):
             self.w_sizes += [n_in[m] * n_out[m], n_in[m] * n_out[m]]
             self.m_sizes.append(n_in[m] if m == 0 else 2 * n_in[m])
-        self.in_sizes: List[int] = [mu * (2 * l + 1) for l, mu in zip(self.in_ls, self.in_muls)]
-        self.out_sizes: List[int] = [mu * (2 * l + 1) for l, mu in zip(self.out_ls, self.out_muls)]
+        self.in_sizes = [mu * (2 * l + 1) for l, mu in zip(self.in_ls, self.in_muls)]
+        self.out_sizes = [mu * (2 * l + 1) for l, mu in zip(self.out_ls, self.out_muls)]
         self.register_buffer("in_m_index", torch.tensor(in_index, dtype=torch.long))
         # output: sorted layout position -> m-major position (zero slot for components
         # with |m| > mmax, which the frame map cannot produce)

@@ -58,6 +58,8 @@ class EdgeFrame(torch.nn.Module):
     sin(m alpha), cos(m beta), sin(m beta), m = -lmax..lmax) used to build them.
     """
 
+    b_offsets: List[int]
+
     lmax: int
 
     def __init__(self, lmax: int):
@@ -71,7 +73,7 @@ class EdgeFrame(torch.nn.Module):
         # P_m[a, b] = K[a, m] K[b, m] and Q_m[a, b] = K[a, m] K[b, flip(m)]: one GEMM per l
         # of the (cos, sin) table with the constant [P; -Q].
         mats: List[Tensor] = []
-        self.b_offsets: List[int] = []
+        self.b_offsets = []
         off = 0
         m_row: List[int] = []
         row_flip: List[int] = []
