@@ -133,3 +133,22 @@ def test_edge_weights_act_per_input_channel():
     ch = torch.tensor([r[0] for r in irr_in.component_table()])
     frame = EdgeFrame(conv.lmax_frame)(vec)
     assert torch.allclose(conv(x, frame, ew), conv(x * ew[:, ch], frame, None), atol=1e-12)
+
+
+def test_multi_part_input_equals_concatenation():
+    a = Irreps([(2, 0, 1), (1, 1, -1), (2, 2, 1)])
+    b = Irreps([(1, 0, -1), (2, 1, 1), (1, 1, -1), (1, 3, -1)])
+    conv = SO2Conv(a + b, Irreps.full(3, 2), parts=[a, b])
+    ref = SO2Conv(a + b, Irreps.full(3, 2))
+    n = 5
+    vec = torch.randn(n, 3)
+    xa, xb = torch.randn(n, a.dim), torch.randn(n, b.dim)
+    ew = torch.randn(n, a.num_channels + b.num_channels)
+    frame = EdgeFrame(conv.lmax_frame)(vec)
+    y = conv.forward_parts([xa, xb], frame, ew)
+    assert torch.allclose(y, conv(torch.cat([xa, xb], 1), frame, ew), atol=1e-12)
+    q = -o3.rand_matrix()
+    frame_rot = EdgeFrame(conv.lmax_frame)(vec @ q.t())
+    y2 = conv.forward_parts([xa @ _irrep_D(a, q).t(), xb @ _irrep_D(b, q).t()], frame_rot, ew)
+    assert torch.allclose(y2, y @ _irrep_D(conv.irreps_out, q).t(), atol=1e-10)
+    assert conv.weight.numel() == ref.weight.numel()

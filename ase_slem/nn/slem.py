@@ -57,16 +57,17 @@ OPERATORS = ("hamiltonian", "overlap", "density_matrix")
 class ConvBlock(torch.nn.Module):
     """SO(2) convolution -> gate -> E3 linear, with edge weights from the scalar state."""
 
-    def __init__(self, irreps_in: Irreps, hidden: Irreps, latent_dim: int, lmax_frame: int):
+    def __init__(self, parts: List[Irreps], hidden: Irreps, latent_dim: int, lmax_frame: int):
         super().__init__()
         gate = Gate(hidden)
-        self.conv = SO2Conv(irreps_in, gate.irreps_in, lmax_frame)
+        irreps_in = Irreps(b for part in parts for b in part.blocks)
+        self.conv = SO2Conv(irreps_in, gate.irreps_in, lmax_frame, parts=parts)
         self.gate = gate
         self.lin = E3Linear(hidden, hidden)
         self.edge_w = torch.nn.Linear(latent_dim, irreps_in.num_channels)
 
-    def forward(self, f: Tensor, frame: Tensor, x: Tensor) -> Tensor:
-        return self.lin(self.gate(self.conv(f, frame, self.edge_w(x))))
+    def forward(self, fs: List[Tensor], frame: Tensor, x: Tensor) -> Tensor:
+        return self.lin(self.gate(self.conv.forward_parts(fs, frame, self.edge_w(x))))
 
 
 class SLEMLayer(torch.nn.Module):
@@ -83,15 +84,15 @@ class SLEMLayer(torch.nn.Module):
         n_ch = hidden.num_channels
         self.register_buffer("expand", channel_expand_index(hidden))
         # hidden update (Eq. 12-13)
-        self.hidden_conv = ConvBlock(hidden + hidden, hidden, latent_dim, lmax_frame)
+        self.hidden_conv = ConvBlock([hidden, hidden], hidden, latent_dim, lmax_frame)
         self.hidden_ln = torch.nn.LayerNorm(latent_dim)
         self.hidden_w = torch.nn.Linear(latent_dim, n_ch)
         self.x_mlp = MLP([latent_dim + self.n_scalar, mlp_hidden, latent_dim])
         # node update (Eq. 14-15)
-        self.node_conv = ConvBlock(hidden + hidden, hidden, latent_dim, lmax_frame)
+        self.node_conv = ConvBlock([hidden, hidden], hidden, latent_dim, lmax_frame)
         self.node_w = torch.nn.Linear(latent_dim, n_ch, bias=False)
         # edge update (Eq. 16-17)
-        self.edge_conv = ConvBlock(hidden + hidden + hidden, hidden, latent_dim, lmax_frame)
+        self.edge_conv = ConvBlock([hidden, hidden, hidden], hidden, latent_dim, lmax_frame)
         self.edge_w = torch.nn.Linear(latent_dim, n_ch, bias=False)
 
     def forward(self, x: Tensor, v: Tensor, n: Tensor, e: Tensor, frame: Tensor, src: Tensor,
@@ -99,18 +100,18 @@ class SLEMLayer(torch.nn.Module):
                 inv_avg: float):
         n_src = n.index_select(0, src)
         # hidden: V^{ij} from n^i, V^{ij}, r_ij
-        vt = self.hidden_conv(torch.cat([n_src, v], dim=1), frame, x)
+        vt = self.hidden_conv([n_src, v], frame, x)
         vt = vt * self.hidden_w(self.hidden_ln(x)).index_select(1, self.expand)
         v = self.alpha * v + self.beta * vt
         x = self.x_mlp(torch.cat([x, v[:, : self.n_scalar]], dim=1)) * envelope.unsqueeze(1)
         # node: messages from V^{ij} and n^i only, summed over j in N(i)
-        m = self.node_conv(torch.cat([n_src, v], dim=1), frame, x)
+        m = self.node_conv([n_src, v], frame, x)
         m = m * (self.node_w(x) * damp.unsqueeze(1)).index_select(1, self.expand)
         agg = torch.zeros_like(n).index_add_(0, src, m)
         # edge: n^i, V^{ij}, n^j (previous node features) on the bond edges
         xb = x.index_select(0, bond_edges)
-        fe = torch.cat([n_src.index_select(0, bond_edges), v.index_select(0, bond_edges),
-                        n.index_select(0, dst.index_select(0, bond_edges))], dim=1)
+        fe = [n_src.index_select(0, bond_edges), v.index_select(0, bond_edges),
+              n.index_select(0, dst.index_select(0, bond_edges))]
         et = self.edge_conv(fe, frame.index_select(0, bond_edges), xb)
         e = self.alpha * e + self.beta * et * self.edge_w(xb).index_select(1, self.expand)
         n = self.alpha * n + self.beta * inv_avg * agg

@@ -54,6 +54,9 @@ class SO2Conv(torch.nn.Module):
     m_sizes: List[int]
     in_sizes: List[int]
     out_sizes: List[int]
+    part_sizes: List[List[int]]
+    l_part: List[List[int]]
+    n_parts: int
 
     lmax_frame: int
     lmax: int
@@ -61,12 +64,25 @@ class SO2Conv(torch.nn.Module):
     dim_out: int
     use_perm_in: bool
 
-    def __init__(self, irreps_in: Irreps, irreps_out: Irreps, lmax_frame: Optional[int] = None):
+    def __init__(self, irreps_in: Irreps, irreps_out: Irreps, lmax_frame: Optional[int] = None,
+                 parts: Optional[List[Irreps]] = None):
         super().__init__()
+        if parts is not None:
+            if Irreps(b for part in parts for b in part.blocks) != irreps_in:
+                raise ValueError("irreps_in must be the concatenation of parts")
+            for part in parts:
+                if part.sort_permutation() != list(range(part.dim)):
+                    raise ValueError("every part must be sorted (Irreps.sorted())")
+        else:
+            parts = [irreps_in]
         self.irreps_in = irreps_in
         self.irreps_out = irreps_out.sorted()
-        ins = irreps_in.sorted()
         outs = self.irreps_out
+        # internal input layout: the blocks of irreps_in reordered by (l, part, e before o)
+        blk_part = [k for k, part in enumerate(parts) for _ in part.blocks]
+        order = sorted(range(len(irreps_in.blocks)),
+                       key=lambda b: (irreps_in.blocks[b][1], blk_part[b], -irreps_in.blocks[b][2], b))
+        ins = Irreps(irreps_in.blocks[b] for b in order)
         self.lmax = max(ins.lmax, outs.lmax)
         self.lmax_frame = int(lmax_frame if lmax_frame is not None else self.lmax)
         if self.lmax_frame < self.lmax:
@@ -76,19 +92,25 @@ class SO2Conv(torch.nn.Module):
         dt = torch.get_default_dtype()
         self.frame_sizes = packed_sizes(self.lmax_frame)
 
-        perm = irreps_in.sort_permutation()
+        offs = irreps_in.offsets()
+        ch_offs = []
+        c = 0
+        for mul, l, p in irreps_in.blocks:
+            ch_offs.append(c)
+            c += mul
+        perm: List[int] = []
+        ch_perm: List[int] = []
+        for b in order:
+            mul, l, p = irreps_in.blocks[b]
+            perm.extend(range(offs[b], offs[b] + mul * (2 * l + 1)))
+            ch_perm.extend(range(ch_offs[b], ch_offs[b] + mul))
+        self.n_parts = len(parts)
         self.use_perm_in = perm != list(range(self.dim_in))
         self.register_buffer("perm_in", torch.tensor(perm, dtype=torch.long))
-        # channel order of the sorted input: sorted channel k is original channel perm[k]
-        ch_groups = {}
-        ch = 0
-        for mul, l, p in irreps_in.blocks:
-            ch_groups.setdefault((l, p), []).extend(range(ch, ch + mul))
-            ch += mul
-        ch_perm = [c for key in sorted(ch_groups, key=lambda k: (k[0], -k[1])) for c in ch_groups[key]]
+        # internal channel k is channel ch_perm[k] of irreps_in (for the edge weights)
         self.register_buffer("in_channel_perm", torch.tensor(ch_perm, dtype=torch.long))
 
-        # rotation blocks: in sorted layouts all irreps of one l are contiguous
+        # rotation blocks: in the internal layout all irreps of one l are contiguous
         def rot_blocks(irr: Irreps):
             ls, starts, muls = [], [], []
             o = 0
@@ -101,8 +123,22 @@ class SO2Conv(torch.nn.Module):
                     o += mul * (2 * l + 1)
             return ls, starts, muls
 
+        # multi-part inputs: per part, its l blocks; per internal l block, which parts feed it
+        self.part_sizes: List[List[int]] = []
+        part_l: List[List[int]] = []
+        for part in parts:
+            ls, _, muls = rot_blocks(part)
+            self.part_sizes.append([m * (2 * l + 1) for l, m in zip(ls, muls)])
+            part_l.append(ls)
         self.in_ls, self.in_starts, self.in_muls = rot_blocks(ins)
         self.out_ls, self.out_starts, self.out_muls = rot_blocks(outs)
+        self.l_part: List[List[int]] = []  # per internal l block: [part, block-in-part, ...]
+        for l in self.in_ls:
+            row: List[int] = []
+            for k, ls in enumerate(part_l):
+                if l in ls:
+                    row += [k, ls.index(l)]
+            self.l_part.append(row)
 
         # channels (sorted layouts) with their component offsets
         def channels(irr: Irreps):
@@ -186,11 +222,38 @@ class SO2Conv(torch.nn.Module):
 
     # -----------------------------------------------------------------------
     def forward(self, x: Tensor, frame: Tensor, edge_weight: Optional[Tensor] = None) -> Tensor:
-        # Slicing is done with torch.split everywhere: its backward is a single cat,
-        # whereas every basic slice would allocate and zero a full-size gradient.
         n_edge = x.shape[0]
         if self.use_perm_in:
             x = x.index_select(1, self.perm_in)
+        blocks = torch.split(x, self.in_sizes, dim=1)
+        return self._conv(blocks, frame, edge_weight, n_edge)
+
+    def forward_parts(self, xs: List[Tensor], frame: Tensor,
+                      edge_weight: Optional[Tensor] = None) -> Tensor:
+        """Same as ``forward(torch.cat(xs, 1), ...)`` for a module built with ``parts``,
+        without materialising the concatenation in irreps_in order."""
+        n_edge = xs[0].shape[0]
+        split: List[List[Tensor]] = []
+        for k in range(self.n_parts):
+            split.append(list(torch.split(xs[k], self.part_sizes[k], dim=1)))
+        blocks: List[Tensor] = []
+        for i in range(len(self.in_ls)):
+            l = self.in_ls[i]
+            row = self.l_part[i]
+            pieces: List[Tensor] = []
+            for q in range(len(row) // 2):
+                k = row[2 * q]
+                b = row[2 * q + 1]
+                mul = self.part_sizes[k][b] // (2 * l + 1)
+                pieces.append(split[k][b].reshape(n_edge, mul, 2 * l + 1))
+            blk = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
+            blocks.append(blk.reshape(n_edge, self.in_sizes[i]))
+        return self._conv(blocks, frame, edge_weight, n_edge)
+
+    def _conv(self, blocks: List[Tensor], frame: Tensor, edge_weight: Optional[Tensor],
+              n_edge: int) -> Tensor:
+        # Slicing is done with torch.split everywhere: its backward is a single cat,
+        # whereas every basic slice would allocate and zero a full-size gradient.
         ews: List[Tensor] = []
         if edge_weight is not None:
             # per-channel scalars commute with rotations: applied per l block below
@@ -198,7 +261,6 @@ class SO2Conv(torch.nn.Module):
         # rotate into the edge frame: rows x_c -> x_c D (= (D^T x_c)^T)
         wig = torch.split(frame, self.frame_sizes, dim=1)
         parts: List[Tensor] = []
-        blocks = torch.split(x, self.in_sizes, dim=1)
         for i in range(len(self.in_ls)):
             l = self.in_ls[i]
             mul = self.in_muls[i]
