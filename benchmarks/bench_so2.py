@@ -9,8 +9,9 @@ back; it corresponds to filters up to l2 = 2L, i.e. it is at least as expressive
 
 Measured per edge, for a forward + backward pass (gradients w.r.t. inputs and weights):
 
-* time: median of repeated runs, divided by the number of edges; the methods' runs
-  alternate in one process so that load from other processes affects them alike;
+* time: median of repeated runs, divided by the number of edges; the methods take turns
+  in bursts (3 cycles, one untimed warm-up run per burst) so that load from other processes
+  affects them alike;
 * peak memory: growth of the resident set's high-water mark (VmHWM, reset before each run
   through /proc/self/clear_refs; in a separate process where malloc maps every buffer of
   4 kB or more on its own, so that freed buffers go back to the OS at once) during a run with E2 edges minus that with E1 < E2 edges, divided by
@@ -123,8 +124,8 @@ def _peak_growth_kb(step, inp) -> float:
 
 
 def worker(methods, lmaxes, channels: int, threads: int, min_time: float, part: str) -> dict:
-    """Per L: memory per edge of each method, then their timed runs in alternation (so
-    that load from other processes affects all methods alike)."""
+    """Per L: memory per edge of each method, then their timed runs in alternating bursts
+    (so that load from other processes affects all methods alike, with warm caches)."""
     import torch
 
     torch.set_num_threads(threads)
@@ -150,14 +151,19 @@ def worker(methods, lmaxes, channels: int, threads: int, min_time: float, part: 
         inp = {m: built[m][0](built[m][2]) for m in methods}  # inputs made outside the timing
         for m in methods:
             built[m][1](inp[m])
+        # bursts: each method runs alone for ~min_time/3 s (after one untimed warm-up run),
+        # methods take turns for 3 cycles; median over all timed runs
         times = {m: [] for m in methods}
-        t_start = time.perf_counter()
-        while len(times[methods[0]]) < 3 or (time.perf_counter() - t_start < min_time * len(methods)
-                                              and len(times[methods[0]]) < 50):
+        for _cycle in range(3):
             for m in methods:
-                t0 = time.perf_counter()
                 built[m][1](inp[m])
-                times[m].append(time.perf_counter() - t0)
+                t_burst = time.perf_counter()
+                while True:
+                    t0 = time.perf_counter()
+                    built[m][1](inp[m])
+                    times[m].append(time.perf_counter() - t0)
+                    if time.perf_counter() - t_burst > min_time / 3:
+                        break
         for m in methods:
             ts = sorted(times[m])
             e = built[m][2]
