@@ -75,9 +75,6 @@ class EdgeFrame(torch.nn.Module):
         mats: List[Tensor] = []
         self.b_offsets = []
         off = 0
-        m_row: List[int] = []
-        row_flip: List[int] = []
-        p_off = 0
         for l in range(self.lmax + 1):
             n = 2 * l + 1
             k = k64[l, :n, :n]
@@ -86,14 +83,7 @@ class EdgeFrame(torch.nn.Module):
             mats.append(torch.cat([pm, -qm], dim=0).flatten())
             self.b_offsets.append(off)
             off += 2 * n * n * n
-            for a in range(n):
-                for b in range(n):
-                    m_row.append(a - l)
-                    row_flip.append(p_off + (2 * l - a) * n + b)
-            p_off += n * n
         self.register_buffer("B", torch.cat(mats).to(dt))
-        self.register_buffer("m_row", torch.tensor(m_row, dtype=dt))
-        self.register_buffer("row_flip", torch.tensor(row_flip, dtype=torch.long))
 
     def tables(self, vec: Tensor) -> Tensor:
         alpha, beta = edge_angles(vec)
@@ -103,20 +93,24 @@ class EdgeFrame(torch.nn.Module):
 
     def forward(self, vec: Tensor) -> Tensor:
         alpha, beta = edge_angles(vec)
+        ma = alpha[:, None] * self.m_values
         mb = beta[:, None] * self.m_values
+        ca = torch.cos(ma).unsqueeze(2)
+        sa = torch.sin(ma).unsqueeze(2)
         cb = torch.cos(mb)
         sb = torch.sin(mb)
         L = self.lmax
+        n_edge = vec.shape[0]
         parts: List[Tensor] = []
         for l in range(L + 1):
             n = 2 * l + 1
             cs = torch.cat([cb[:, L - l : L + l + 1], sb[:, L - l : L + l + 1]], dim=1)
             b = self.B[self.b_offsets[l] : self.b_offsets[l] + 2 * n * n * n].view(2 * n, n * n)
-            parts.append(torch.matmul(cs, b))
-        m = torch.cat(parts, dim=1)
-        # D = Y(alpha) M: row a mixes with row flip(a)
-        ang = alpha[:, None] * self.m_row
-        return torch.cos(ang) * m - torch.sin(ang) * m.index_select(1, self.row_flip)
+            m = torch.matmul(cs, b).view(n_edge, n, n)  # M_l(beta)
+            # D = Y(alpha) M: row a mixes with row flip(a)
+            d = ca[:, L - l : L + l + 1] * m - sa[:, L - l : L + l + 1] * m.flip(1)
+            parts.append(d.reshape(n_edge, n * n))
+        return torch.cat(parts, dim=1)
 
 
 def packed_sizes(lmax: int) -> List[int]:
