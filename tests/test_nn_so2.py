@@ -10,7 +10,7 @@ from e3nn import o3  # noqa: E402
 
 from ase_slem.nn.irreps import Irreps  # noqa: E402
 from ase_slem.nn.so2 import SO2Conv  # noqa: E402
-from ase_slem.nn.wigner import EdgeFrame, sh_from_wigner, unpack_wigner  # noqa: E402
+from ase_slem.nn.wigner import EdgeFrame, from_frame, sh_from_wigner, to_frame, unpack_wigner, wigner_d  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 
@@ -44,6 +44,14 @@ def test_frames_match_e3nn():
         assert torch.allclose(ds[l], ref, atol=1e-12)
         y = o3.spherical_harmonics(l, vec, normalize=True, normalization="component")
         assert torch.allclose(sh_from_wigner(ds[l], l), y, atol=1e-12)
+    # the element-wise reference construction agrees
+    fr = EdgeFrame(lmax)
+    t = fr.tables(vec)
+    for l in (1, 4, 8):
+        assert torch.allclose(wigner_d(t, fr.K, l, lmax), ds[l], atol=1e-12)
+        x = torch.randn(7, 3, 2 * l + 1)
+        assert torch.allclose(from_frame(to_frame(x, t, fr.K, l, lmax), t, fr.K, l, lmax), x, atol=1e-12)
+        assert torch.allclose(to_frame(x, t, fr.K, l, lmax), x @ ds[l], atol=1e-12)
 
 
 def _frame_matrix(l1: int, l2: int, l3: int) -> torch.Tensor:

@@ -8,9 +8,12 @@ factorised as
 
 with ``Y_l(t)`` the rotation about y (in e3nn's real basis it only couples m with -m:
 ``(Y v)_m = cos(m t) v_m - sin(m t) v_{-m}``) and ``K_l`` the constant Wigner matrix of a
-fixed rotation Q with ``Q y = x``, so that ``R_x(b) = Q R_y(b) Q^T``.  Applying D or D^T to
-features therefore costs two dense products with *constant* matrices (large GEMMs shared
-by all edges) and two element-wise steps: O(l^2) per irrep, O(l^3) per edge in total.
+fixed rotation Q with ``Q y = x``, so that ``R_x(b) = Q R_y(b) Q^T``.  :class:`EdgeFrame`
+builds ``M_l(beta) = K_l Y_l(beta) K_l^T`` as one GEMM of the (cos m beta, sin m beta) table
+with a constant matrix, then applies ``Y_l(alpha)`` row-wise: O(l^3) per edge, done once
+per forward pass and shared by every convolution and the overlap head.  Rotating features
+is then one batched product per l.  ``to_frame``/``from_frame``/``wigner_d`` are the
+element-wise reference construction (tests check both agree with e3nn).
 
 The edge frame is unique up to a rotation about the edge axis; every operation done in the
 frame (SO(2) convolution, Slater-Koster blocks) commutes with those, so results do not
