@@ -3,6 +3,8 @@
     ase-slem bands PATH -o bands.png        # PATH: DFT output in any format read_operators knows
     ase-slem dos PATH -o dos.png --pdos element
     ase-slem formats                        # the DFT layouts that can be read
+    ase-slem train CONFIG [--resume]        # train a SLEM model (configs/*.yaml)
+    ase-slem export CHECKPOINT -o models/NAME.pt   # TorchScript model file with metadata
 
 Each verb writes its picture and the numbers beside it (JSON, and CSV for bands).  Errors are
 one line on stderr with a non-zero exit status.
@@ -134,6 +136,32 @@ def cmd_formats(args) -> None:
         print(f"{name:14s} {spec[1] if len(spec) > 1 else ''}")
 
 
+def cmd_train(args) -> None:
+    from .train import TrainingDiverged, load_config, train
+
+    cfg = load_config(args.config)
+    if args.no_progress:
+        cfg.train.progress = False
+    try:
+        result = train(cfg, resume=args.resume)
+    except TrainingDiverged as err:
+        raise CommandError(str(err)) from None
+    except KeyboardInterrupt:
+        raise CommandError(f"interrupted; continue with: ase-slem train {args.config} --resume") from None
+    print(f"wrote {result.checkpoint} (step {result.step}), {result.best_checkpoint} and {result.metrics_csv}")
+
+
+def cmd_export(args) -> None:
+    from .train import export_checkpoint
+
+    out = export_checkpoint(args.checkpoint, args.output, use_ema=not args.raw_weights, name=args.name)
+    from .model_file import read_metadata
+
+    meta = read_metadata(out)
+    print(f"wrote {out}: {meta['name']} ({meta['network']['type']}, {meta['network']['n_parameters']} parameters, "
+          f"species {', '.join(meta['species'])}, predicts {', '.join(meta['operators'])})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ase-slem",
@@ -165,6 +193,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("formats", help="list the DFT output layouts that can be read")
     f.set_defaults(func=cmd_formats)
+
+    t = sub.add_parser("train", help="train a SLEM model from a YAML/TOML config (checkpoints, metrics.csv)")
+    t.add_argument("config", help="training config (.yaml, .yml or .toml); see configs/")
+    t.add_argument("--resume", action="store_true", help="continue exactly from <output>/checkpoints/last.pt")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("export", help="write a checkpoint as a TorchScript model file with its metadata")
+    e.add_argument("checkpoint", help="training checkpoint (e.g. runs/NAME/checkpoints/last.pt)")
+    e.add_argument("-o", "--output", required=True, help="model file to write (e.g. models/NAME.pt)")
+    e.add_argument("--name", help="model name in the metadata (default: the config's name)")
+    e.add_argument("--raw-weights", action="store_true", help="export the raw weights instead of their moving average")
+    e.set_defaults(func=cmd_export)
     return p
 
 

@@ -1,0 +1,403 @@
+"""Model files: load an exported SLEM model and predict operators with it.
+
+A model file (``models/<name>.pt``) is a TorchScript archive written by
+:func:`ase_slem.train.export.export_checkpoint`.  Its ``forward(positions, species,
+edge_index, edge_shift, bond_index)`` takes the radius graph of a structure as plain tensors
+(see :func:`ase_slem.nn.graph.build_graph`) and returns the padded operator blocks
+(``"<op>_onsite"`` ``(N, M, M)``, ``"<op>_bond"`` ``(P, M, M)``).  Inside the archive,
+``extra/ase_slem.json`` carries the metadata: format version, species and basis (shells and,
+for Gaussian bases, radial functions), cutoffs, units, orbital convention, DFT settings,
+operators, periodicity, measured errors and parameter count.
+
+This module is the light runtime: torch (``torch.jit.load``), the graph builder and
+:class:`~ase_slem.operators.RealSpaceOperator`; no training code, no config files.
+:func:`read_metadata` needs neither torch nor the weights.
+
+    model = load_model("models/si_pbe_dzvp.pt")
+    ops = predict(model, atoms)          # {"hamiltonian": RealSpaceOperator (eV), "overlap": ..., ...}
+"""
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence
+
+import numpy as np
+
+from .basis import Basis, shells_to_string
+from .operators import RealSpaceOperator, _encode, _Group
+
+MODEL_FORMAT = "ase_slem-model"
+FORMAT_VERSION = 1
+METADATA_NAME = "ase_slem.json"
+OPERATOR_NAMES = ("hamiltonian", "overlap", "density_matrix")
+REQUIRED_METADATA = ("format", "format_version", "species", "basis", "cutoffs", "operators", "dtype",
+                     "periodic", "units", "orbital_convention")
+
+
+class ModelFileError(ValueError):
+    """A model file that cannot be used, or a structure/basis the model does not fit."""
+
+
+# ---------------------------------------------------------------------------------------------
+# metadata
+# ---------------------------------------------------------------------------------------------
+def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
+    """A model file from a path, or a shipped model's name (``"si_pbe_dzvp"``).
+
+    Names are looked up as ``<name>.pt`` in the folders of ``$ASE_SLEM_MODELS``
+    (``os.pathsep``-separated) and in the ``models/`` folder beside the package.
+    """
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    name = p.name if p.suffix == ".pt" else f"{p.name}.pt"
+    folders = [Path(d) for d in os.environ.get("ASE_SLEM_MODELS", "").split(os.pathsep) if d]
+    folders.append(Path(__file__).resolve().parent.parent / "models")
+    for folder in folders:
+        if (folder / name).is_file():
+            return folder / name
+    raise ModelFileError(
+        f"no model file {name_or_path!r}: not a file, and no {name} in "
+        f"{', '.join(str(f) for f in folders)}; give a path to a .pt model file"
+    )
+
+
+def read_metadata(path: str | os.PathLike) -> Dict[str, Any]:
+    """The metadata of a model file, read from the archive without loading the network.
+
+    Raises :class:`ModelFileError` for a missing, corrupt or foreign file, metadata that is
+    incomplete, or a format newer than this ase_slem reads.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"model file {path} does not exist")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            members = [n for n in zf.namelist() if n.endswith("/extra/" + METADATA_NAME)]
+            if not members:
+                has_code = any(n.endswith("/code/") or "/code/" in n for n in zf.namelist())
+                what = "a TorchScript archive" if has_code else "a zip/torch archive"
+                raise ModelFileError(
+                    f"{path} is {what} without ase_slem metadata (extra/{METADATA_NAME}): not an ase_slem "
+                    "model file. Training checkpoints must be exported first: ase-slem export CHECKPOINT -o MODEL.pt"
+                )
+            text = zf.read(members[0]).decode("utf-8")
+    except zipfile.BadZipFile:
+        raise ModelFileError(
+            f"{path} is not an ase_slem model file (not a TorchScript archive; corrupt or truncated?)"
+        ) from None
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ModelFileError(f"{path}: the ase_slem metadata is not valid JSON ({exc}); the file is corrupt") from None
+    check_metadata(meta, path)
+    return meta
+
+
+def check_metadata(meta: Dict[str, Any], path: str | os.PathLike = "model file") -> None:
+    """Raise :class:`ModelFileError` unless ``meta`` is complete and of a format we read."""
+    if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
+        raise ModelFileError(f"{path} is not an ase_slem model file (metadata format is not '{MODEL_FORMAT}')")
+    version = meta.get("format_version")
+    if not isinstance(version, int):
+        raise ModelFileError(f"{path}: metadata has no integer format_version; the file is corrupt")
+    if version > FORMAT_VERSION:
+        raise ModelFileError(
+            f"this model file was written by a newer ase_slem format {version} (this ase_slem reads "
+            f"format {FORMAT_VERSION}); upgrade ase_slem to use {path}"
+        )
+    if version < 1:
+        raise ModelFileError(f"{path}: unknown model file format {version}")
+    missing = [k for k in REQUIRED_METADATA if k not in meta]
+    if missing:
+        raise ModelFileError(f"{path}: metadata lacks {', '.join(missing)}; the file is corrupt or incomplete")
+    bad_ops = [o for o in meta["operators"] if o not in OPERATOR_NAMES]
+    if bad_ops:
+        raise ModelFileError(f"{path}: unknown operator(s) {bad_ops} in the metadata")
+
+
+# ---------------------------------------------------------------------------------------------
+# the loaded model
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class LoadedModel:
+    """A model file in memory: the TorchScript ``module`` and its ``metadata``."""
+
+    path: Path
+    module: Any
+    metadata: Dict[str, Any]
+    _basis: Optional[Basis] = field(default=None, repr=False)
+
+    @property
+    def symbols(self) -> list:
+        """Species in the order the network's ``species`` index uses."""
+        return list(self.metadata["species"])
+
+    @property
+    def shells(self) -> Dict[str, list]:
+        """``{symbol: [l of each shell]}``."""
+        return {k: [int(l) for l in v] for k, v in self.metadata["basis"]["shells"].items()}
+
+    @property
+    def basis(self) -> Basis:
+        if self._basis is None:
+            self._basis = Basis(self.shells, name=self.metadata["basis"].get("name", ""))
+        return self._basis
+
+    @property
+    def operators(self) -> list:
+        return list(self.metadata["operators"])
+
+    @property
+    def r_cut(self) -> float:
+        return float(self.metadata["cutoffs"]["r_cut"])
+
+    @property
+    def r_graph(self) -> float:
+        """Neighbour cutoff of the graph (r_cut for SLEM, r_max for LEM), Å."""
+        return float(self.metadata["cutoffs"]["r_graph"])
+
+    @property
+    def r_bond(self) -> float:
+        return float(self.metadata["cutoffs"]["r_bond"])
+
+    @property
+    def periodic(self) -> bool:
+        return bool(self.metadata["periodic"] is True)
+
+    @property
+    def torch_dtype(self):
+        import torch
+
+        return {"float32": torch.float32, "float64": torch.float64}[self.metadata["dtype"]]
+
+    @property
+    def orbital_counts(self) -> Dict[str, int]:
+        return {el: sum(2 * l + 1 for l in ls) for el, ls in self.shells.items()}
+
+    @property
+    def max_norb(self) -> int:
+        return max(self.orbital_counts.values())
+
+    def __repr__(self) -> str:
+        m = self.metadata
+        return (f"LoadedModel({m.get('name', self.path.stem)!r}, species={self.symbols}, "
+                f"basis={ {k: shells_to_string(v) for k, v in self.shells.items()} }, "
+                f"operators={self.operators}, r_cut={self.r_cut})")
+
+
+def load_model(path: str | os.PathLike) -> LoadedModel:
+    """Load a model file (a path or a shipped model's name) with ``torch.jit.load``.
+
+    The metadata is checked first (format version, completeness), so a file from a newer
+    ase_slem fails with a message saying so rather than with a TorchScript error.
+    """
+    import torch
+
+    path = resolve_model_path(path)
+    meta = read_metadata(path)
+    extra = {METADATA_NAME: ""}
+    try:
+        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except Exception as exc:  # noqa: BLE001
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelFileError(f"{path}: the TorchScript network cannot be loaded ({first[:200]}); the file is corrupt "
+                             "or needs a newer torch") from None
+    module.eval()
+    return LoadedModel(path, module, meta)
+
+
+def check_elements(model: LoadedModel, symbols: Sequence[str]) -> None:
+    """Raise :class:`ModelFileError` naming the elements the model was not trained for."""
+    known = set(model.symbols)
+    missing = sorted({s for s in symbols if s not in known})
+    if missing:
+        raise ModelFileError(
+            f"the model {model.metadata.get('name', model.path.stem)!r} knows {', '.join(model.symbols)} only; "
+            f"the structure contains {', '.join(missing)}. Use a model trained for these elements"
+        )
+
+
+def check_basis(model: LoadedModel, basis: Basis | Dict[str, Any]) -> None:
+    """Raise :class:`ModelFileError` unless ``basis`` (of some data) equals the model's basis
+    for every element both have, and covers no element the model lacks."""
+    b = basis if isinstance(basis, Basis) else Basis(basis)
+    for el in b.elements:
+        if el not in model.shells:
+            raise ModelFileError(f"the basis has {el}, which the model does not know ({', '.join(model.symbols)})")
+        if list(b.shells(el)) != model.shells[el]:
+            raise ModelFileError(
+                f"basis of {el} differs: the data has {shells_to_string(b.shells(el))}, the model "
+                f"{shells_to_string(model.shells[el])} ({model.basis.name or 'unnamed basis'}); compare like with like"
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# prediction
+# ---------------------------------------------------------------------------------------------
+def _centre_order(atoms, r: float) -> np.ndarray:
+    """Atom order that keeps spatial neighbours together (slabs of width ~r), for chunking."""
+    if atoms.pbc.any():
+        pos = atoms.get_scaled_positions(wrap=True) @ atoms.cell.array
+    else:
+        pos = atoms.positions
+    cells = np.floor((pos - pos.min(axis=0)) / max(r, 1e-3)).astype(np.int64)
+    return np.lexsort((cells[:, 0], cells[:, 1], cells[:, 2]))
+
+
+def _plan_chunks(centres: np.ndarray, n_atoms: int, src: np.ndarray, dst: np.ndarray, bond_edge: np.ndarray,
+                 max_edges: int) -> list:
+    """Split ``centres`` into runs whose subgraphs (edges leaving the centres and their bond
+    partners) hold at most ``max_edges`` edges (a single centre may exceed it)."""
+    deg = np.bincount(src, minlength=n_atoms)
+    bond_i = src[bond_edge]
+    bond_j = dst[bond_edge]
+    out, todo = [], [centres]
+    while todo:
+        c = todo.pop()
+        is_c = np.zeros(n_atoms, bool)
+        is_c[c] = True
+        need = is_c.copy()
+        need[bond_j[is_c[bond_i]]] = True
+        if deg[need].sum() <= max_edges or len(c) == 1:
+            out.append(c)
+        else:
+            half = len(c) // 2
+            todo += [c[half:], c[:half]]
+    return out
+
+
+def run_network(model: LoadedModel, graph, max_edges: int = 200_000,
+                order_atoms=None) -> Dict[str, tuple]:
+    """Run the network on ``graph`` (an :class:`~ase_slem.nn.graph.AtomGraph`), in chunks of
+    centre atoms whose subgraphs hold at most ``max_edges`` edges.
+
+    Exact for SLEM and LEM: onsite block i needs only the edges leaving i, and bond (i, j)
+    only those leaving i or j, so each chunk carries the edges leaving its centres and
+    their bond partners.  Returns ``{op: (onsite (N, M, M), bonds (P, M, M))}`` as float64
+    numpy arrays.
+    """
+    import torch
+
+    dt = model.torch_dtype
+    pos = graph.positions.to(dt)
+    shift = graph.edge_shift.to(dt)
+    species = graph.species
+    ei = graph.edge_index
+    bidx = graph.bond_index
+    n, n_edge, n_bond = pos.shape[0], ei.shape[1], bidx.shape[1]
+    m = model.max_norb
+    ops = model.operators
+    if n_edge <= max_edges:
+        with torch.inference_mode():
+            out = model.module(pos, species, ei, shift, bidx)
+        return {op: (out[op + "_onsite"].double().numpy(), out[op + "_bond"].double().numpy()) for op in ops}
+
+    src, dst = ei[0].numpy(), ei[1].numpy()
+    bond_edge = bidx[0].numpy()
+    centres_all = np.arange(n) if order_atoms is None else np.asarray(order_atoms)
+    res = {op: (np.zeros((n, m, m)), np.zeros((n_bond, m, m))) for op in ops}
+    bond_i = src[bond_edge]
+    for centres in _plan_chunks(centres_all, n, src, dst, bond_edge, max_edges):
+        is_c = np.zeros(n, bool)
+        is_c[centres] = True
+        bsel = np.flatnonzero(is_c[bond_i])
+        need = is_c.copy()
+        need[dst[bond_edge[bsel]]] = True
+        esel = np.flatnonzero(need[src])
+        # atoms of the subgraph: the needed ones plus the far ends of their edges
+        keep = need.copy()
+        keep[dst[esel]] = True
+        atoms_sel = np.flatnonzero(keep)
+        local_atom = np.full(n, -1, np.int64)
+        local_atom[atoms_sel] = np.arange(len(atoms_sel))
+        local_edge = np.full(n_edge, -1, np.int64)
+        local_edge[esel] = np.arange(len(esel))
+        sub_ei = torch.from_numpy(np.stack([local_atom[src[esel]], local_atom[dst[esel]]]))
+        sub_b = torch.from_numpy(local_edge[bidx[:, bsel].numpy()].reshape(2, -1))
+        sel_a = torch.from_numpy(atoms_sel)
+        with torch.inference_mode():
+            out = model.module(pos.index_select(0, sel_a), species.index_select(0, sel_a), sub_ei,
+                               shift.index_select(0, torch.from_numpy(esel)), sub_b)
+        rows = local_atom[centres]
+        for op in ops:
+            res[op][0][centres] = out[op + "_onsite"].double().numpy()[rows]
+            res[op][1][bsel] = out[op + "_bond"].double().numpy()
+    return res
+
+
+def blocks_to_operators(outputs: Dict[str, tuple], species: np.ndarray, norb_species: np.ndarray,
+                        bond_i: np.ndarray, bond_j: np.ndarray, bond_R: np.ndarray, *, periodic: bool,
+                        basis: Optional[Basis] = None, symbols: Optional[Sequence[str]] = None
+                        ) -> Dict[str, RealSpaceOperator]:
+    """Padded onsite/bond blocks -> :class:`RealSpaceOperator` per operator, vectorized.
+
+    ``outputs``: ``{op: (onsite (N, M, M), bonds (P, M, M))}``; bonds must be in the stored
+    triangle (i < j, or i == j with R > 0 lexicographically), as the graph gives them.
+    Blocks are cut to each atom's orbital count and grouped by shape with one gather per
+    shape.
+    """
+    species = np.asarray(species, np.int64)
+    counts = np.asarray(norb_species, np.int64)[species]
+    n = len(species)
+    i = np.concatenate([np.arange(n), np.asarray(bond_i, np.int64)])
+    j = np.concatenate([np.arange(n), np.asarray(bond_j, np.int64)])
+    R = np.concatenate([np.zeros((n, 3), np.int64), np.asarray(bond_R, np.int64).reshape(-1, 3)])
+    ni, nj = counts[i], counts[j]
+    mmax = int(counts.max()) + 1 if n else 1
+    shape_key = ni * mmax + nj
+    order = np.lexsort((_encode(i, j, R, n), shape_key))
+    i, j, R, skey = i[order], j[order], R[order], shape_key[order]
+    bounds = np.flatnonzero(np.diff(skey)) + 1
+    starts = np.concatenate([[0], bounds]).astype(int)
+    stops = np.concatenate([bounds, [len(order)]]).astype(int)
+    result = {}
+    for op, (onsite, bonds) in outputs.items():
+        groups = []
+        for s, e in zip(starts, stops):
+            if e <= s:
+                continue
+            a, b = int(ni[order[s]]), int(nj[order[s]])
+            rows = order[s:e]
+            is_on = rows < n
+            data = np.empty((e - s, a, b))
+            data[is_on] = onsite[rows[is_on], :a, :b]
+            data[~is_on] = bonds[rows[~is_on] - n, :a, :b]
+            groups.append(_Group(a, b, int(s), int(e), data))
+        result[op] = RealSpaceOperator(counts, i, j, R, groups, periodic=periodic, name=op, basis=basis,
+                                       symbols=symbols)
+    return result
+
+
+def predict(model: LoadedModel, atoms, *, operators: Optional[Sequence[str]] = None,
+            max_edges: int = 200_000) -> Dict[str, RealSpaceOperator]:
+    """Operators of ``atoms`` predicted by ``model``: ``{"hamiltonian": H (eV), "overlap": S,
+    "density_matrix": D (spin-summed)}`` (those the model predicts, or ``operators``).
+
+    The graph is built with the model's cutoffs; large structures are evaluated in chunks of
+    at most ``max_edges`` graph edges (memory stays bounded; results are the same).
+    Raises :class:`ModelFileError` for elements the model does not know, and ``ValueError``
+    (from the graph builder) for overlapping atoms or a periodic structure without a cell.
+    """
+    from .nn.graph import build_graph
+
+    ops = list(model.operators if operators is None else operators)
+    unknown = [o for o in ops if o not in model.operators]
+    if unknown:
+        raise ModelFileError(f"the model predicts {', '.join(model.operators)}, not {', '.join(unknown)}")
+    symbols = atoms.get_chemical_symbols()
+    check_elements(model, symbols)
+    if len(atoms) == 0:
+        raise ModelFileError("the structure has no atoms")
+    g = build_graph(atoms, model.symbols, model.r_graph, r_bond=model.r_bond, dtype=model.torch_dtype)
+    order = _centre_order(atoms, model.r_graph)
+    raw = run_network(model, g, max_edges=max_edges, order_atoms=order)
+    bi, bj, bR = g.bonds
+    norb = np.array([model.orbital_counts[s] for s in model.symbols])
+    periodic = bool(np.any(atoms.pbc))
+    return blocks_to_operators({op: raw[op] for op in ops}, g.species.numpy(), norb, bi, bj, bR,
+                               periodic=periodic, basis=model.basis, symbols=symbols)

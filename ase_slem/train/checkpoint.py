@@ -1,0 +1,134 @@
+"""Training checkpoints: one file with everything an exact resume needs, written atomically.
+
+A checkpoint is a ``torch.save`` dict (readable with ``torch.load(..., weights_only=True)``:
+only tensors and plain Python values) with
+
+* ``format`` / ``version``: ``"ase_slem-checkpoint"`` and :data:`CHECKPOINT_VERSION`
+* ``config``: the training config (``Config.to_dict()``)
+* ``model_args``: keyword arguments of :class:`~ase_slem.nn.slem.SLEM` (basis, sizes,
+  ``avg_num_neighbors`` ...), ``r_bond`` and ``dtype``
+* ``model``, ``ema``, ``optimizer``, ``schedule``, ``normalizers``: state dicts
+* ``rng``: torch, numpy and Python random states
+* ``step`` (optimizer updates done), ``best_train_loss``, ``best_val_loss``
+* ``dataset``: basis name, DFT settings, periodicity and the frame names of each split
+* ``metrics``: the latest validation (and, at the end, test) MAEs
+
+The file is written to a temporary name in the same folder, flushed to disk and renamed over
+the old one (``os.replace``), so a crash never leaves a half-written checkpoint behind.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any, Dict
+
+import numpy as np
+import torch
+
+CHECKPOINT_FORMAT = "ase_slem-checkpoint"
+CHECKPOINT_VERSION = 1
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used (missing, corrupt, other format or version)."""
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype):
+    """Temporarily set torch's default dtype (the network builds its constants in it)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+def build_model(model_args: Dict[str, Any], dtype: str = "float32"):
+    """A :class:`~ase_slem.nn.slem.SLEM` from its keyword arguments, built in ``dtype``."""
+    from ..nn.slem import SLEM
+
+    if dtype not in DTYPES:
+        raise CheckpointError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
+    with default_dtype(DTYPES[dtype]):
+        try:
+            return SLEM(**model_args)
+        except TypeError as exc:
+            raise CheckpointError(
+                f"the model settings {sorted(model_args)} are not understood by this version of ase_slem ({exc})"
+            ) from None
+
+
+def rng_state() -> Dict[str, Any]:
+    """torch, numpy and Python random states as tensors and plain values."""
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+                  int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+
+
+def save_checkpoint(path: str | os.PathLike, state: Dict[str, Any]) -> Path:
+    """Write ``state`` (plus format and version) to ``path`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = dict(state, format=CHECKPOINT_FORMAT, version=CHECKPOINT_VERSION)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> Dict[str, Any]:
+    """Read a checkpoint, checking that it is one of ours and of a version we understand."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure means the same to the user
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{path} is not a readable ase_slem checkpoint ({first[:200]}); "
+            "it may be corrupt or a model file (model files are used by SLEMCalculator, not resumed)"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not an ase_slem training checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
+    version = state.get("version")
+    if not isinstance(version, int):
+        raise CheckpointError(f"{path} has no valid checkpoint version")
+    if version > CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{path} was written by a newer ase_slem (checkpoint format {version}; this one reads "
+            f"up to {CHECKPOINT_VERSION}); upgrade ase_slem"
+        )
+    if version < CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{path} has the old checkpoint format {version}, which this ase_slem (format "
+            f"{CHECKPOINT_VERSION}) cannot resume; retrain, or export it with the ase_slem that wrote it"
+        )
+    missing = [k for k in ("config", "model_args", "model", "step", "dtype") if k not in state]
+    if missing:
+        raise CheckpointError(f"{path} is incomplete: missing {', '.join(missing)}")
+    return state

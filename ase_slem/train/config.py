@@ -1,0 +1,376 @@
+"""Training configuration: dataclasses with validation, read from YAML or TOML.
+
+A config has three sections and two top-level keys::
+
+    name: si_pbe_dzvp              # model name (exported file models/<name>.pt)
+    output: runs/si_pbe_dzvp       # run folder: checkpoints/, metrics.csv, train.log
+    data:  {path: ../data/si_pbe_dzvp, split: [0.8, 0.1, 0.1], ...}
+    model: {r_cut: 7.0, channels: 8, ...}
+    train: {steps: 2000, lr: 0.005, ...}
+
+Relative paths are taken relative to the working directory.  Every key of every section is
+listed (with its default and meaning) in the dataclasses below; unknown keys, missing required
+keys, values of the wrong type and values out of range are all reported together in one
+:class:`ConfigError` that names them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+OPERATORS = ("hamiltonian", "overlap", "density_matrix")
+SCHEDULES = ("cosine", "plateau", "constant")
+DTYPES = ("float32", "float64")
+REQUIRED = object()  # marker default of required keys
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names every offending key."""
+
+
+def _required():
+    return field(default=REQUIRED)  # type: ignore[arg-type]
+
+
+@dataclass
+class DataConfig:
+    """Where the frames come from and how they are split.
+
+    path: dataset folder of frames (``frame.NNNNNN`` DeePTB-layout folders, see
+        :mod:`ase_slem.io.dataset`).
+    operators: operators to learn, a subset of hamiltonian, overlap, density_matrix.
+    split: fractions of the frames for training, validation and test (sum <= 1).
+    split_seed: seed of the random split (the same seed gives the same split).
+    train_fraction: use only this leading fraction of the (shuffled) training frames; the
+        subsets are nested (0.2 is inside 0.4) and validation/test stay the same.
+    max_frames: read at most this many frames (in index order) before splitting.
+    """
+
+    path: str = _required()
+    operators: list = field(default_factory=lambda: list(OPERATORS))
+    split: list = field(default_factory=lambda: [0.8, 0.1, 0.1])
+    split_seed: int = 0
+    train_fraction: float = 1.0
+    max_frames: Optional[int] = None
+
+
+@dataclass
+class ModelConfig:
+    """SLEM / LEM network sizes (see :class:`ase_slem.nn.slem.SLEM`).
+
+    r_cut: locality cutoff in Å (neighbours of an atom; the graph cutoff of SLEM).
+    r_bond: largest bond length whose blocks are predicted (Å, default r_cut).
+    channels, lmax, n_layers, num_radial, latent_dim, mlp_hidden, res_alpha, envelope_p:
+        network sizes; lmax defaults to twice the largest l of the basis.
+    lem, r_max, lem_decay: the semi-local LEM variant (graph to r_max > r_cut).
+    """
+
+    r_cut: float = _required()
+    r_bond: Optional[float] = None
+    channels: int = 16
+    lmax: Optional[int] = None
+    n_layers: int = 2
+    num_radial: int = 8
+    latent_dim: int = 64
+    mlp_hidden: int = 64
+    res_alpha: float = 0.5
+    lem: bool = False
+    r_max: Optional[float] = None
+    lem_decay: float = 1.0
+    envelope_p: int = 6
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation.
+
+    steps: number of optimizer updates.
+    batch_size: frames per update (one disjoint graph).
+    lr, weight_decay: AdamW learning rate and decoupled weight decay.
+    schedule: "cosine" (to min_lr at the last step), "plateau" (multiply by plateau_factor
+        after plateau_patience validations without improvement, not below min_lr) or
+        "constant"; all start with a linear warmup over warmup_steps.
+    ema_decay: exponential moving average of the weights used for validation, test and
+        export (0 switches it off).
+    grad_clip: largest gradient norm (0 switches clipping off).
+    mae_weight, mse_weight: loss = sum over operators of weight * (mae_weight * MAE +
+        mse_weight * MSE) of the normalized irreps of the blocks.
+    operator_weights: per operator loss weight (default 1 each).
+    dtype: "float32" (default) or "float64".
+    seed: seed of the weight initialisation.
+    eval_every, checkpoint_every: in steps (the last step always does both).
+    divergence_factor: stop when a training loss exceeds this factor times the lowest
+        training loss seen (or is not finite).
+    num_threads: torch threads (default: leave torch's setting alone).
+    progress: show a tqdm progress bar.
+    """
+
+    steps: int = _required()
+    batch_size: int = 1
+    lr: float = 5e-3
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    warmup_steps: int = 0
+    min_lr: float = 1e-5
+    plateau_factor: float = 0.5
+    plateau_patience: int = 5
+    ema_decay: float = 0.99
+    grad_clip: float = 10.0
+    mae_weight: float = 1.0
+    mse_weight: float = 1.0
+    operator_weights: dict = field(default_factory=dict)
+    dtype: str = "float32"
+    seed: int = 0
+    eval_every: int = 50
+    checkpoint_every: int = 50
+    divergence_factor: float = 1e4
+    num_threads: Optional[int] = None
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    """A whole training run: name, output folder and the three sections."""
+
+    name: str = _required()
+    output: str = _required()
+    data: DataConfig = _required()
+    model: ModelConfig = _required()
+    train: TrainConfig = _required()
+    description: str = ""
+
+    def to_dict(self) -> dict:
+        """Plain dict (JSON/YAML-able) that :func:`config_from_dict` reads back."""
+        return dataclasses.asdict(self)
+
+    @property
+    def output_path(self) -> Path:
+        return Path(self.output)
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return Path(self.output) / "checkpoints"
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+
+# keys that may differ between a checkpoint and the config that resumes it
+RESUMABLE_CHANGES = {"train.steps", "train.eval_every", "train.checkpoint_every", "train.progress",
+                     "train.num_threads", "description", "data.path"}
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+# ---------------------------------------------------------------------------------------------
+def load_config(path: str | Path) -> Config:
+    """Read a ``.yaml``/``.yml`` or ``.toml`` config file and validate it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    suffix = path.suffix.lower()
+    text = path.read_text()
+    if suffix in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    elif suffix == ".toml":
+        import tomllib
+
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    else:
+        raise ConfigError(f"{path}: unknown config format {suffix!r}; use .yaml, .yml or .toml")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the config must be a mapping with keys name, output, data, model, train")
+    try:
+        return config_from_dict(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def config_from_dict(raw: dict) -> Config:
+    """Build and validate a :class:`Config` from nested dicts (e.g. parsed YAML)."""
+    problems: list[str] = []
+    top = _build(Config, raw, "", problems, nested=SECTIONS)
+    if problems:
+        raise ConfigError("invalid config: " + "; ".join(problems))
+    cfg = Config(**top)
+    problems = validate(cfg)
+    if problems:
+        raise ConfigError("invalid config: " + "; ".join(problems))
+    return cfg
+
+
+def _build(cls, raw: Any, prefix: str, problems: list[str], nested: dict | None = None) -> dict:
+    where = prefix.rstrip(".") or "top level"
+    if not isinstance(raw, dict):
+        problems.append(f"{where} must be a mapping of keys, not {type(raw).__name__}")
+        return {}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = [k for k in raw if k not in fields]
+    for k in unknown:
+        close = difflib.get_close_matches(str(k), list(fields), n=1)
+        hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+        problems.append(f"unknown key {prefix}{k}{hint}")
+    if unknown:
+        problems.append(f"allowed keys in {where}: {', '.join(fields)}")
+    missing = [name for name, f in fields.items() if f.default is REQUIRED and name not in raw]
+    if missing:
+        problems.append("missing required key(s): " + ", ".join(prefix + m for m in missing))
+    out = {}
+    for name, value in raw.items():
+        if name not in fields:
+            continue
+        if nested and name in nested:
+            sub = _build(nested[name], value, f"{prefix}{name}.", problems)
+            try:
+                out[name] = nested[name](**sub)
+            except TypeError:  # missing keys already reported
+                out[name] = None
+            continue
+        out[name] = _coerce(value, hints[name], prefix + name, problems)
+    for name in missing:
+        out[name] = None
+    return out
+
+
+def _coerce(value: Any, hint: Any, key: str, problems: list[str]) -> Any:
+    """Check ``value`` against a field's type hint; ints are accepted for floats and numeric
+    strings such as "1e-3" (PyYAML reads those as text) for numbers."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is typing.Union:
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        problems.append(f"{key} must be true or false, not {value!r}")
+        return value
+    if hint in (int, float):
+        if isinstance(value, str):
+            try:
+                value = float(value) if hint is float else int(value)
+            except ValueError:
+                problems.append(f"{key} must be a number, not {value!r}")
+                return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            problems.append(f"{key} must be {'an integer' if hint is int else 'a number'}, not {value!r}")
+            return value
+        if hint is int:
+            if float(value) != int(value):
+                problems.append(f"{key} must be an integer, not {value!r}")
+                return value
+            return int(value)
+        return float(value)
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        problems.append(f"{key} must be a string, not {value!r}")
+        return value
+    if hint is list:
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        problems.append(f"{key} must be a list, not {value!r}")
+        return value
+    if hint is dict:
+        if isinstance(value, dict):
+            return dict(value)
+        problems.append(f"{key} must be a mapping, not {value!r}")
+        return value
+    return value  # pragma: no cover - every field has one of the types above
+
+
+def validate(cfg: Config) -> list[str]:
+    """Range and consistency checks; returns the problems found (empty when all is well)."""
+    p: list[str] = []
+    d, m, t = cfg.data, cfg.model, cfg.train
+    if not cfg.name or any(c in cfg.name for c in "/\\ "):
+        p.append(f"name must be a non-empty word without slashes or spaces, not {cfg.name!r}")
+    bad_ops = [o for o in d.operators if o not in OPERATORS]
+    if bad_ops or not d.operators:
+        p.append(f"data.operators must be a non-empty subset of {list(OPERATORS)}, got {d.operators}")
+    if len(d.split) != 3 or not all(isinstance(x, (int, float)) and x >= 0 for x in d.split):
+        p.append(f"data.split must be three non-negative fractions [train, val, test], got {d.split}")
+    elif sum(d.split) > 1 + 1e-9 or d.split[0] <= 0:
+        p.append(f"data.split fractions must sum to at most 1 with a positive training share, got {d.split}")
+    if not 0 < d.train_fraction <= 1:
+        p.append(f"data.train_fraction must lie in (0, 1], got {d.train_fraction}")
+    if d.max_frames is not None and d.max_frames < 1:
+        p.append(f"data.max_frames must be at least 1, got {d.max_frames}")
+    if m.r_cut <= 0:
+        p.append(f"model.r_cut must be positive (Å), got {m.r_cut}")
+    if m.r_bond is not None and not 0 < m.r_bond <= m.r_cut:
+        p.append(f"model.r_bond must lie in (0, r_cut = {m.r_cut}], got {m.r_bond}")
+    if m.lem and (m.r_max is None or m.r_max <= m.r_cut):
+        p.append(f"model.lem needs model.r_max > model.r_cut ({m.r_cut}), got r_max = {m.r_max}")
+    if not m.lem and m.r_max is not None and abs(m.r_max - m.r_cut) > 1e-12:
+        p.append("model.r_max is only used by LEM (model.lem: true); SLEM's graph cutoff is r_cut")
+    for key in ("channels", "n_layers", "num_radial", "latent_dim", "mlp_hidden", "envelope_p"):
+        if getattr(m, key) < 1:
+            p.append(f"model.{key} must be at least 1, got {getattr(m, key)}")
+    if m.lmax is not None and m.lmax < 0:
+        p.append(f"model.lmax must be >= 0, got {m.lmax}")
+    if not 0 <= m.res_alpha < 1:
+        p.append(f"model.res_alpha must lie in [0, 1), got {m.res_alpha}")
+    if t.steps < 1:
+        p.append(f"train.steps must be at least 1, got {t.steps}")
+    if t.batch_size < 1:
+        p.append(f"train.batch_size must be at least 1, got {t.batch_size}")
+    if t.lr <= 0:
+        p.append(f"train.lr must be positive, got {t.lr}")
+    if t.min_lr < 0 or t.min_lr > t.lr:
+        p.append(f"train.min_lr must lie in [0, lr = {t.lr}], got {t.min_lr}")
+    if t.weight_decay < 0:
+        p.append(f"train.weight_decay must be >= 0, got {t.weight_decay}")
+    if t.schedule not in SCHEDULES:
+        p.append(f"train.schedule must be one of {', '.join(SCHEDULES)}, got {t.schedule!r}")
+    if t.warmup_steps < 0:
+        p.append(f"train.warmup_steps must be >= 0, got {t.warmup_steps}")
+    if not 0 < t.plateau_factor < 1:
+        p.append(f"train.plateau_factor must lie in (0, 1), got {t.plateau_factor}")
+    if t.plateau_patience < 1:
+        p.append(f"train.plateau_patience must be at least 1, got {t.plateau_patience}")
+    if not 0 <= t.ema_decay < 1:
+        p.append(f"train.ema_decay must lie in [0, 1), got {t.ema_decay}")
+    if t.grad_clip < 0:
+        p.append(f"train.grad_clip must be >= 0 (0 = off), got {t.grad_clip}")
+    if t.mae_weight < 0 or t.mse_weight < 0 or t.mae_weight + t.mse_weight == 0:
+        p.append("train.mae_weight and train.mse_weight must be >= 0 and not both 0")
+    for op, w in t.operator_weights.items():
+        if op not in d.operators:
+            p.append(f"train.operator_weights names {op!r}, which is not in data.operators {d.operators}")
+        elif not isinstance(w, (int, float)) or isinstance(w, bool) or w < 0:
+            p.append(f"train.operator_weights.{op} must be a non-negative number, got {w!r}")
+    if t.dtype not in DTYPES:
+        p.append(f"train.dtype must be one of {', '.join(DTYPES)}, got {t.dtype!r}")
+    if t.eval_every < 1 or t.checkpoint_every < 1:
+        p.append("train.eval_every and train.checkpoint_every must be at least 1")
+    if t.divergence_factor <= 1:
+        p.append(f"train.divergence_factor must be > 1, got {t.divergence_factor}")
+    if t.num_threads is not None and t.num_threads < 1:
+        p.append(f"train.num_threads must be at least 1, got {t.num_threads}")
+    return p
+
+
+def config_differences(old: dict, new: dict, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """Keys (dotted) whose values differ between two config dicts: (key, old, new)."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict) and k in SECTIONS:
+            out += config_differences(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append((prefix + k, a, b))
+    return out

@@ -1,0 +1,236 @@
+"""Export a training checkpoint as a TorchScript model file with its metadata.
+
+The file holds the scripted network (EMA weights by default) wrapped so that ``forward``
+takes plain tensors in any float dtype, and ``extra/ase_slem.json`` (see
+:mod:`ase_slem.model_file`) with: format version, name, species, basis (shells per element,
+the basis name and -- for PySCF Gaussian bases -- the radial functions), cutoffs, units,
+orbital convention ("e3nn"), the DFT settings of the training data, the operators, periodic or
+molecular, the network settings, parameter count and the validation/test errors.
+
+Radial functions of a Gaussian basis are stored per element as one entry per shell, in the
+basis' shell order: ``{"l": l, "exponents": [alpha_p], "coefficients": [c_p]}`` with the
+orbital ``phi_lm(r) = R(r) Y_lm(r/|r|)``, ``R(r) = sum_p c_p r^l exp(-alpha_p r^2)`` (r in Å,
+alpha in 1/Å^2, R in Å^-3/2) normalized to ``int R^2 r^2 dr = 1``, and ``Y_lm`` the real
+spherical harmonics orthonormal on the unit sphere, in e3nn's m order.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..model_file import FORMAT_VERSION, METADATA_NAME, MODEL_FORMAT, load_model, predict
+from .checkpoint import build_model, load_checkpoint
+
+
+class ExportError(ValueError):
+    """A checkpoint that cannot be exported, or an export that does not reproduce the model."""
+
+
+class ScriptedSLEM(torch.nn.Module):
+    """The network with plain-tensor inputs cast to its own float dtype."""
+
+    def __init__(self, model: torch.nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.model = model
+        self.register_buffer("dtype_probe", torch.zeros(0, dtype=dtype))
+
+    def forward(self, positions: Tensor, species: Tensor, edge_index: Tensor, edge_shift: Tensor,
+                bond_index: Tensor) -> Dict[str, Tensor]:
+        dt = self.dtype_probe.dtype
+        return self.model(positions.to(dt), species, edge_index, edge_shift.to(dt), bond_index)
+
+
+def pyscf_radial_functions(basis_name: str, shells: Dict[str, Sequence[int]]) -> Dict[str, list]:
+    """Normalized radial functions of a PySCF basis set for each element (see module doc).
+
+    ``shells`` (``{symbol: [l ...]}``) is checked against the basis: one entry per contracted
+    function of each PySCF shell, in PySCF's order (the order :meth:`Basis.from_pyscf` uses).
+    """
+    from ase.units import Bohr
+    from pyscf import gto
+    from scipy.special import gamma
+
+    out: Dict[str, list] = {}
+    for el, ls in shells.items():
+        z = gto.charge(el)
+        mol = gto.M(atom=[[el, (0.0, 0.0, 0.0)]], basis={el: basis_name}, spin=z % 2, verbose=0)
+        entries = []
+        for b in range(mol.nbas):
+            l = int(mol.bas_angular(b))
+            alpha = np.asarray(mol.bas_exp(b)) / Bohr**2  # 1/Å^2
+            coeff = np.asarray(mol.bas_ctr_coeff(b))  # (nprim, nctr), for normalized primitives
+            # radial norm of r^l exp(-a r^2): int r^(2l+2) exp(-2 a r^2) dr = G(l+3/2) / (2 (2a)^(l+3/2))
+            prim_norm = 1.0 / np.sqrt(gamma(l + 1.5) / (2.0 * (2.0 * alpha) ** (l + 1.5)))
+            overlap = gamma(l + 1.5) / (2.0 * (alpha[:, None] + alpha[None, :]) ** (l + 1.5))
+            for k in range(coeff.shape[1]):
+                c = coeff[:, k] * prim_norm
+                c = c / np.sqrt(c @ overlap @ c)
+                entries.append({"l": l, "exponents": alpha.tolist(), "coefficients": c.tolist()})
+        got = [e["l"] for e in entries]
+        if got != [int(l) for l in ls]:
+            raise ExportError(
+                f"PySCF basis {basis_name!r} gives {el} the shells {got}, but the model was trained with {list(ls)}"
+            )
+        out[el] = entries
+    return out
+
+
+def _radial_metadata(dataset: Dict[str, Any]) -> Dict[str, Any]:
+    settings = dataset.get("settings", {}) or {}
+    name = dataset.get("basis_name") or settings.get("basis") or ""
+    if settings.get("code") == "pyscf" and isinstance(name, str) and name:
+        try:
+            return {"type": "gaussian", "functions": pyscf_radial_functions(name, dataset["basis"]),
+                    "definition": "R(r) = sum_p c_p r^l exp(-alpha_p r^2), r in Angstrom, alpha in 1/Angstrom^2, "
+                                  "int R^2 r^2 dr = 1; orbital R(r) Y_lm with real Y_lm orthonormal on the sphere"}
+        except ExportError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - metadata stays usable without radial functions
+            return {"type": None, "note": f"radial functions of {name!r} unavailable ({exc})"}
+    return {"type": None, "note": f"no radial functions known for basis {name!r} (code {settings.get('code')!r})"}
+
+
+def build_metadata(state: Dict[str, Any], name: Optional[str] = None, use_ema: bool = True) -> Dict[str, Any]:
+    """The ``ase_slem.json`` metadata of a checkpoint's model."""
+    from .. import __version__
+
+    args = state["model_args"]
+    ds = state.get("dataset", {})
+    cfg = state["config"]
+    lem = bool(args.get("lem", False))
+    r_cut = float(args["r_cut"])
+    return {
+        "format": MODEL_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "name": name or cfg.get("name", "model"),
+        "description": cfg.get("description", ""),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "ase_slem_version": __version__,
+        "torch_version": torch.__version__,
+        "species": list(args["basis"]),
+        "basis": {
+            "name": ds.get("basis_name", ""),
+            "shells": {k: [int(l) for l in v] for k, v in args["basis"].items()},
+            "radial": _radial_metadata(ds),
+        },
+        "orbital_convention": "e3nn",
+        "orbital_order": "shells in the order of basis.shells; inside a shell m in e3nn's real spherical "
+                         "harmonics order (l=1: x, y, z)",
+        "cutoffs": {"r_cut": r_cut, "r_graph": float(args["r_max"]) if lem else r_cut,
+                    "r_bond": float(state.get("r_bond", r_cut)), "unit": "Angstrom"},
+        "operators": list(args["operators"]),
+        "units": {"length": "Angstrom", "hamiltonian": "eV", "overlap": "dimensionless",
+                  "density_matrix": "dimensionless, spin-summed (Tr(DS) = electrons)"},
+        "periodic": ds.get("periodic", None),
+        "dft_settings": ds.get("settings", {}),
+        "dtype": state["dtype"],
+        "network": {"type": "LEM" if lem else "SLEM", "args": args, "weights": "EMA" if use_ema else "raw",
+                    "n_parameters": int(state.get("n_parameters", 0))},
+        "training": {"steps": int(state["step"]), "frames": {k: len(v) for k, v in ds.get("split", {}).items()},
+                     "config": cfg},
+        "metrics": state.get("metrics", {}),
+        "inputs": "forward(positions (N,3) Angstrom, species (N,) int64 index into 'species', edge_index (2,E) "
+                  "int64, edge_shift (E,3) Angstrom = R @ cell, bond_index (2,P) int64) -> {op_onsite (N,M,M), "
+                  "op_bond (P,M,M)}; graph from ase_slem.nn.graph.build_graph(atoms, species, r_graph, r_bond)",
+    }
+
+
+def _test_structure(symbols: Sequence[str], r_bond: float, periodic: bool):
+    """A small structure with a few bonds of every species, for the export self-check."""
+    from ase import Atoms
+
+    d = min(0.6 * r_bond, 2.2)
+    syms = [symbols[k % len(symbols)] for k in range(4)]
+    pos = np.array([[0, 0, 0], [d, 0.1, 0], [0.2, d, 0.3], [d * 0.9, d * 1.1, 0.2 - d * 0.4]])
+    if periodic is True:
+        return Atoms(syms, positions=pos, cell=np.diag([3 * d, 3 * d, 3 * d]), pbc=True)
+    return Atoms(syms, positions=pos)
+
+
+def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, *, use_ema: bool = True,
+                      name: Optional[str] = None, check: bool = True) -> Path:
+    """Write the model of ``checkpoint`` as a TorchScript model file at ``output``.
+
+    ``use_ema``: export the averaged weights (as validated) rather than the raw ones.
+    ``check``: load the written file with :func:`ase_slem.model_file.load_model` and compare
+    its prediction on a small structure with the eager network before putting it in place.
+    """
+    state = load_checkpoint(checkpoint)
+    model = build_model(state["model_args"], state["dtype"])
+    model.load_state_dict(state["model"])
+    if use_ema and state.get("ema"):
+        with torch.no_grad():
+            for p, s in zip(model.parameters(), state["ema"]["shadow"]):
+                p.copy_(s)
+    return export_model(model, output, build_metadata(state, name=name, use_ema=use_ema), check=check)
+
+
+def untrained_metadata(model: torch.nn.Module, name: str = "untrained", r_bond: Optional[float] = None,
+                       periodic: Optional[bool] = None) -> Dict[str, Any]:
+    """Metadata for a network that has not been trained (benchmarks, tests)."""
+    dtype = next(model.parameters()).dtype
+    state = {
+        "model_args": model.config, "config": {"name": name}, "dtype": str(dtype).replace("torch.", ""),
+        "step": 0, "r_bond": float(model.r_cut if r_bond is None else r_bond),
+        "dataset": {"basis": model.config["basis"], "periodic": periodic, "settings": {}},
+        "n_parameters": sum(p.numel() for p in model.parameters()),
+    }
+    return build_metadata(state, name=name, use_ema=False)
+
+
+def export_model(model: torch.nn.Module, output: str | os.PathLike, metadata: Dict[str, Any],
+                 check: bool = True) -> Path:
+    """Script ``model`` (a :class:`~ase_slem.nn.slem.SLEM`) and write it with ``metadata``.
+
+    The file appears at ``output`` only when complete (and, with ``check``, verified).
+    """
+    dtype = next(model.parameters()).dtype
+    model.eval()
+    wrapper = ScriptedSLEM(model, dtype)
+    try:
+        scripted = torch.jit.script(wrapper)
+    except Exception as exc:  # noqa: BLE001
+        raise ExportError(f"TorchScript compilation of the network failed: {str(exc).splitlines()[0]}") from None
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.jit.save(scripted, tmp, _extra_files={METADATA_NAME: json.dumps(metadata, indent=1, default=str)})
+        if check:
+            _self_check(Path(tmp), model, metadata)
+        os.replace(tmp, output)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return output
+
+
+def _self_check(path: Path, model: torch.nn.Module, meta: Dict[str, Any]) -> None:
+    from ..nn.graph import build_graph
+
+    loaded = load_model(path)
+    atoms = _test_structure(meta["species"], meta["cutoffs"]["r_bond"], meta["periodic"])
+    g = build_graph(atoms, meta["species"], meta["cutoffs"]["r_graph"], r_bond=meta["cutoffs"]["r_bond"],
+                    dtype=loaded.torch_dtype)
+    with torch.no_grad():
+        ref = model(g.positions, g.species, g.edge_index, g.edge_shift, g.bond_index)
+    ops = predict(loaded, atoms)
+    for op, o in ops.items():
+        scale = max(float(ref[op + "_onsite"].abs().max()), 1e-12)
+        for a in range(len(atoms)):
+            n = o.orbital_counts[a]
+            diff = np.abs(o.block(a, a) - ref[op + "_onsite"][a, :n, :n].double().numpy()).max()
+            if not diff <= 1e-4 * scale + 1e-6:
+                raise ExportError(f"exported model differs from the network for {op} (by {diff:.3g}); export aborted")
+    if not all(math.isfinite(float(v.abs().sum())) for v in ref.values()):
+        raise ExportError("the network produces non-finite values; the checkpoint is broken")

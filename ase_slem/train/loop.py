@@ -1,0 +1,516 @@
+"""The training loop: normalized-block loss, AdamW with warmup + schedule, EMA, clipping,
+metrics CSV, atomic checkpoints and exact resume.
+
+Loss of a batch: ``sum_op w_op (mae_weight * MAE + mse_weight * MSE)`` of the normalized
+irreps errors of the operator's onsite and bond blocks (:class:`~.data.OperatorNormalizer`).
+
+Steps count optimizer updates.  The state "after s updates" is checkpointed only once the
+training loss of those parameters has been computed and found sane (finite and below
+``divergence_factor`` times the lowest loss so far), so the checkpoint left behind by a
+diverging run is always a good one.  Batches are a function of (seed, epoch, position in the
+epoch), and everything else that changes during training (weights, AdamW moments, schedule,
+EMA, RNG states, lowest losses) is in the checkpoint, so N straight steps and N/2 + resume +
+N/2 give the same parameters.
+
+Files in ``config.output``: ``checkpoints/last.pt`` (latest good state), ``checkpoints/
+best.pt`` (lowest validation loss), ``metrics.csv`` (one row per step and per validation),
+``metrics.json`` (final validation and test MAEs), ``train.log``.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..io.dataset import Frame, frame_paths, read_frame
+from .checkpoint import (DTYPES, build_model, default_dtype, load_checkpoint, rng_state,
+                         save_checkpoint, set_rng_state)
+from .config import RESUMABLE_CHANGES, Config, ConfigError, config_differences, load_config
+from .data import (OperatorNormalizer, Sample, TrainingDataError, average_neighbors, check_basis_matches,
+                   check_frames, collate, dataset_basis, make_sample, normalized_loss_terms,
+                   onsite_overlap_means, split_indices)
+from .metrics import MAEAccumulator, UNITS, block_type_names, format_metrics
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss (or gradient) became non-finite or exploded; the message names the step and
+    the last good checkpoint."""
+
+
+@dataclass
+class TrainResult:
+    """What a finished :func:`train` call produced."""
+
+    checkpoint: Path
+    best_checkpoint: Path
+    metrics_csv: Path
+    step: int
+    validation: Dict[str, Dict[str, float]]
+    test: Dict[str, Dict[str, float]]
+
+
+# ---------------------------------------------------------------------------------------------
+# schedule and EMA
+# ---------------------------------------------------------------------------------------------
+class LRSchedule:
+    """Linear warmup, then cosine decay to ``min_lr``, reduce-on-plateau, or constant.
+
+    ``lr_at(s)`` is the learning rate of update ``s + 1`` (``s`` updates done).
+    """
+
+    def __init__(self, kind: str, lr: float, steps: int, warmup: int, min_lr: float,
+                 factor: float = 0.5, patience: int = 5):
+        self.kind, self.lr, self.steps, self.warmup, self.min_lr = kind, lr, steps, warmup, min_lr
+        self.factor, self.patience = factor, patience
+        self.scale, self.best, self.bad = 1.0, math.inf, 0
+
+    def lr_at(self, s: int) -> float:
+        warm = min(1.0, (s + 1) / self.warmup) if self.warmup > 0 else 1.0
+        if self.kind == "cosine":
+            span = max(1, self.steps - self.warmup)
+            x = min(1.0, max(0, s - self.warmup) / span)
+            base = self.min_lr + (self.lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * x))
+        elif self.kind == "plateau":
+            base = max(self.min_lr, self.lr * self.scale)
+        else:
+            base = self.lr
+        return base * warm
+
+    def apply(self, optimizer: torch.optim.Optimizer, s: int) -> float:
+        lr = self.lr_at(s)
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        return lr
+
+    def validation(self, loss: float) -> None:
+        """Reduce-on-plateau bookkeeping (no effect for the other schedules)."""
+        if self.kind != "plateau":
+            return
+        if loss < self.best * (1 - 1e-4):
+            self.best, self.bad = loss, 0
+        else:
+            self.bad += 1
+            if self.bad >= self.patience:
+                self.scale *= self.factor
+                self.bad = 0
+
+    def state_dict(self) -> dict:
+        return {"scale": self.scale, "best": self.best, "bad": self.bad}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scale, self.best, self.bad = float(state["scale"]), float(state["best"]), int(state["bad"])
+
+
+class EMA:
+    """Exponential moving average of the parameters, decay ``min(decay, (1+n)/(10+n))``."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.params = [p for p in model.parameters()]
+        self.shadow = [p.detach().clone() for p in self.params]
+        self.n = 0
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.n += 1
+        d = min(self.decay, (1 + self.n) / (10 + self.n))
+        for s, p in zip(self.shadow, self.params):
+            s.mul_(d).add_(p.detach(), alpha=1 - d)
+
+    @contextlib.contextmanager
+    def applied(self):
+        """Temporarily put the averaged weights into the model."""
+        backup = [p.detach().clone() for p in self.params]
+        with torch.no_grad():
+            for p, s in zip(self.params, self.shadow):
+                p.copy_(s)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, b in zip(self.params, backup):
+                    p.copy_(b)
+
+    def state_dict(self) -> dict:
+        return {"shadow": [s.clone() for s in self.shadow], "n": self.n}
+
+    def load_state_dict(self, state: dict) -> None:
+        with torch.no_grad():
+            for s, v in zip(self.shadow, state["shadow"]):
+                s.copy_(v)
+        self.n = int(state["n"])
+
+    def averaged_state_dict(self, model: torch.nn.Module) -> dict:
+        """``model.state_dict()`` with the averaged parameters."""
+        with self.applied():
+            return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+def load_frames(path: str | os.PathLike, max_frames: Optional[int] = None):
+    """Frames of a dataset folder and their folder names."""
+    paths = frame_paths(path)
+    if max_frames is not None:
+        paths = paths[:max_frames]
+    if not paths:
+        raise TrainingDataError(f"dataset folder {path} holds no frame.NNNNNN folders")
+    return [read_frame(p) for p in paths], [p.name for p in paths]
+
+
+def _loss(model_out, batch: Sample, normalizers, weights: Dict[str, float], t) -> tuple:
+    total = 0.0
+    parts = {}
+    for op, norm in normalizers.items():
+        mae, mse = normalized_loss_terms(norm, model_out, batch, op)
+        term = t.mae_weight * mae + t.mse_weight * mse
+        parts[op] = term
+        total = total + weights.get(op, 1.0) * term
+    return total, parts
+
+
+def _forward(model, batch: Sample):
+    return model(*batch.inputs())
+
+
+def evaluate(model, samples: Sequence[Sample], normalizers, weights, t, symbols, batch_size: int = 1):
+    """(mean loss over frames, per-block-type MAE dict) of ``samples`` with the current weights."""
+    acc = MAEAccumulator(symbols, model.orbital_mask)
+    losses = []
+    with torch.no_grad():
+        for k in range(0, len(samples), batch_size):
+            batch = collate(samples[k : k + batch_size])
+            out = _forward(model, batch)
+            loss, _ = _loss(out, batch, normalizers, weights, t)
+            losses.append(float(loss) * len(batch.n_atoms))
+            si, sj = batch.bond_species
+            for op in normalizers:
+                acc.add(op, out[op + "_onsite"], batch.targets[op][0], batch.species,
+                        out[op + "_bond"], batch.targets[op][1], si, sj)
+    n = max(len(samples), 1)
+    return (sum(losses) / n if samples else math.nan), acc.result()
+
+
+class MetricsCSV:
+    """``metrics.csv``: a fixed header (operators x block types), one row per event."""
+
+    def __init__(self, path: Path, operators: Sequence[str], symbols: Sequence[str]):
+        self.path = path
+        self.mae_keys = [(op, name) for op in operators for name in ["all"] + block_type_names(symbols)]
+        self.header = (["step", "epoch", "split", "lr", "loss", "grad_norm", "time_s"]
+                       + [f"loss {op}" for op in operators]
+                       + [f"mae {op} {name} [{UNITS[op][0]}]" for op, name in self.mae_keys])
+
+    def start(self, keep_up_to: Optional[int]) -> None:
+        """New file, or (resume) keep the rows of steps <= ``keep_up_to``."""
+        rows = []
+        if keep_up_to is not None and self.path.exists():
+            with open(self.path, newline="") as fh:
+                rows = [r for r in csv.reader(fh)][1:]
+            # the history up to the checkpoint; its end-of-run test rows belong to a finished run
+            rows = [r for r in rows if r and (int(r[0]) < keep_up_to or (int(r[0]) == keep_up_to and r[2] != "test"))]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".metrics.", suffix=".csv")
+        with os.fdopen(fd, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(self.header)
+            w.writerows(rows)
+        os.replace(tmp, self.path)
+
+    def write(self, step: int, epoch: int, split: str, lr: float, loss: float, grad_norm=None,
+              elapsed: float = 0.0, op_loss: Optional[Dict[str, float]] = None,
+              mae: Optional[Dict[str, Dict[str, float]]] = None) -> None:
+        op_loss = op_loss or {}
+        mae = mae or {}
+        ops = [k.split(" ", 1)[1] for k in self.header if k.startswith("loss ")]
+        row = [step, epoch, split, f"{lr:.6g}", f"{loss:.6g}",
+               "" if grad_norm is None else f"{grad_norm:.6g}", f"{elapsed:.3f}"]
+        row += ["" if op not in op_loss else f"{op_loss[op]:.6g}" for op in ops]
+        row += ["" if name not in mae.get(op, {}) else f"{mae[op][name]:.6g}" for op, name in self.mae_keys]
+        with open(self.path, "a", newline="") as fh:
+            csv.writer(fh).writerow(row)
+
+
+def _json_clean(x):
+    return json.loads(json.dumps(x, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+# ---------------------------------------------------------------------------------------------
+def train(config: Config | str | os.PathLike, *, frames: Optional[Sequence[Frame]] = None,
+          frame_names: Optional[Sequence[str]] = None, resume: bool = False,
+          log: Optional[Callable[[str], None]] = None) -> TrainResult:
+    """Train (or, with ``resume``, continue training) the model a config describes.
+
+    ``frames``: train on these in-memory frames instead of reading ``config.data.path``
+    (``frame_names`` name them in messages; default ``frame 0``, ``frame 1`` ...).
+    ``log``: where progress lines go (default: print); they are also appended to
+    ``<output>/train.log``.
+    Raises :class:`TrainingDiverged`, :class:`~.data.TrainingDataError`,
+    :class:`~.config.ConfigError` or :class:`~.checkpoint.CheckpointError` with a message
+    that names the problem.
+    """
+    cfg = config if isinstance(config, Config) else load_config(config)
+    t = cfg.train
+    out_dir = Path(cfg.output)
+    ck_dir = cfg.checkpoint_dir
+    last_path, best_path = ck_dir / "last.pt", ck_dir / "best.pt"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log_file = out_dir / "train.log"
+
+    def say(msg: str) -> None:
+        (log or print)(msg)
+        with open(log_file, "a") as fh:
+            fh.write(time.strftime("%Y-%m-%d %H:%M:%S ") + msg + "\n")
+
+    if t.num_threads:
+        torch.set_num_threads(t.num_threads)
+    state = None
+    if resume:
+        state = load_checkpoint(last_path) if last_path.exists() else None
+        if state is None:
+            raise TrainingDataError(f"nothing to resume: {last_path} does not exist (train without --resume first)")
+        diffs = [d for d in config_differences(state["config"], cfg.to_dict()) if d[0] not in RESUMABLE_CHANGES]
+        if diffs:
+            listed = "; ".join(f"{k}: checkpoint {a!r}, config {b!r}" for k, a, b in diffs)
+            raise ConfigError(
+                f"cannot resume {last_path} with a different config ({listed}); only "
+                f"{', '.join(sorted(RESUMABLE_CHANGES))} may change. Start a new run in another output folder"
+            )
+    elif last_path.exists():
+        raise ConfigError(
+            f"{out_dir} already holds a training run ({last_path}); resume it with --resume or choose another output"
+        )
+
+    # ---- data
+    ops = list(cfg.data.operators)
+    if frames is None:
+        frames, names = load_frames(cfg.data.path, cfg.data.max_frames)
+    else:
+        frames = list(frames)[: cfg.data.max_frames] if cfg.data.max_frames else list(frames)
+        names = list(frame_names) if frame_names is not None else [f"frame {k}" for k in range(len(frames))]
+    check_frames(frames, names, ops)
+    basis = dataset_basis(frames, names)
+    if state is not None:
+        check_basis_matches(state["model_args"]["basis"], basis, "the dataset")
+        basis = {k: list(v) for k, v in state["model_args"]["basis"].items()}
+    symbols = list(basis)
+    tr_idx, va_idx, te_idx = split_indices(len(frames), cfg.data.split, cfg.data.split_seed, cfg.data.train_fraction)
+    split_names = {"train": [names[k] for k in tr_idx], "val": [names[k] for k in va_idx],
+                   "test": [names[k] for k in te_idx]}
+    if state is not None and state["dataset"]["split"] != split_names:
+        raise TrainingDataError(
+            "the dataset differs from the one this run was trained on (other frames in the train/val/test "
+            "split); resume with the same frames or start a new run"
+        )
+    dtype = DTYPES[t.dtype]
+    norb = {el: sum(2 * l + 1 for l in ls) for el, ls in basis.items()}
+    max_norb = max(norb.values())
+    m = cfg.model
+    r_graph = m.r_max if m.lem else m.r_cut
+    r_bond = m.r_bond if m.r_bond is not None else m.r_cut
+    t0 = time.perf_counter()
+    samples = [make_sample(fr, nm, symbols, max_norb, r_graph, r_bond, ops, dtype) for fr, nm in zip(frames, names)]
+    train_s = [samples[k] for k in tr_idx]
+    val_s = [samples[k] for k in va_idx]
+    test_s = [samples[k] for k in te_idx]
+    say(f"{len(frames)} frames ({len(train_s)} train, {len(val_s)} validation, {len(test_s)} test), "
+        f"basis {basis}, graphs built in {time.perf_counter() - t0:.1f} s")
+    for op in ops:
+        unc = max(s.uncovered[op] for s in samples)
+        if unc > 0:
+            say(f"note: {op} blocks beyond r_bond = {r_bond} Å are not learned (largest element there "
+                f"{unc * UNITS[op][1]:.3g} {UNITS[op][0]})")
+
+    # ---- model, normalization, optimizer
+    with default_dtype(dtype):
+        if state is not None:
+            model = build_model(state["model_args"], state["dtype"])
+            model.load_state_dict(state["model"])
+            model_args = state["model_args"]
+        else:
+            torch.manual_seed(t.seed)
+            model_args = dict(
+                basis=basis, r_cut=m.r_cut, channels=m.channels, lmax=m.lmax, n_layers=m.n_layers,
+                num_radial=m.num_radial, latent_dim=m.latent_dim, mlp_hidden=m.mlp_hidden,
+                avg_num_neighbors=average_neighbors(train_s), res_alpha=m.res_alpha, operators=ops,
+                lem=m.lem, r_max=m.r_max if m.lem else None, lem_decay=m.lem_decay, envelope_p=m.envelope_p,
+            )
+            model = build_model(model_args, t.dtype)
+        normalizers = {op: OperatorNormalizer(basis) for op in ops}
+    if state is not None:
+        for op, norm in normalizers.items():
+            norm.load_state_dict(state["normalizers"][op])
+    else:
+        for op, norm in normalizers.items():
+            norm.fit(train_s, op)
+            if op == "overlap":
+                model.overlap.set_onsite(onsite_overlap_means(train_s, len(symbols)))
+            else:
+                head = model.head(op)
+                head.norm_node.set_statistics(norm.mu_node, norm.sigma_node)
+                head.norm_edge.set_statistics(norm.mu_edge, norm.sigma_edge)
+    n_params = sum(p.numel() for p in model.parameters())
+    weights = {op: float(t.operator_weights.get(op, 1.0)) for op in ops}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    schedule = LRSchedule(t.schedule, t.lr, t.steps, t.warmup_steps, t.min_lr, t.plateau_factor, t.plateau_patience)
+    ema = EMA(model, t.ema_decay)
+    start, best_train, best_val = 0, math.inf, math.inf
+    metrics: Dict[str, Dict] = {"validation": {}, "test": {}}
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        ema.load_state_dict(state["ema"])
+        set_rng_state(state["rng"])
+        start, best_train, best_val = int(state["step"]), float(state["best_train_loss"]), float(state["best_val_loss"])
+        metrics = state.get("metrics", metrics)
+        say(f"resuming {last_path} at step {start}")
+    periodic = sorted({bool(fr.atoms.pbc.any()) for fr in frames})
+    dataset_info = {
+        "basis": basis, "basis_name": frames[0].basis.name or frames[0].settings.get("basis", ""),
+        "settings": _json_clean(frames[0].settings), "periodic": periodic[0] if len(periodic) == 1 else "mixed",
+        "split": split_names, "path": str(cfg.data.path),
+    }
+    say(f"model: {'LEM' if m.lem else 'SLEM'} with {n_params} parameters, {t.dtype}, "
+        f"N_avg = {model_args['avg_num_neighbors']:.2f}, predicts {', '.join(ops)}")
+
+    csv_log = MetricsCSV(out_dir / "metrics.csv", ops, symbols)
+    csv_log.start(keep_up_to=start if state is not None else None)
+
+    def snapshot(step: int) -> dict:
+        return {
+            "config": cfg.to_dict(), "model_args": model_args, "r_bond": r_bond, "dtype": t.dtype,
+            "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(), "normalizers": {op: n.state_dict() for op, n in normalizers.items()},
+            "rng": rng_state(), "step": step, "best_train_loss": best_train, "best_val_loss": best_val,
+            "dataset": dataset_info, "metrics": metrics, "n_parameters": n_params,
+        }
+
+    n_train = len(train_s)
+    bs = min(t.batch_size, n_train)
+    per_epoch = math.ceil(n_train / bs)
+    last_saved: Optional[int] = start if state is not None else None
+    progress = None
+    if t.progress:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=t.steps, initial=start, desc=cfg.name, dynamic_ncols=True, leave=True)
+    t_start = time.perf_counter()
+    val_loss = math.nan
+    model.train()
+    try:
+        for s in range(start, t.steps + 1):
+            if s == t.steps:
+                break
+            epoch, pos = divmod(s, per_epoch)
+            perm = np.random.default_rng([t.seed, epoch]).permutation(n_train)
+            batch = collate([train_s[k] for k in perm[pos * bs : (pos + 1) * bs]])
+            lr = schedule.apply(optimizer, s)
+            out = _forward(model, batch)
+            loss, parts = _loss(out, batch, normalizers, weights, t)
+            lval = float(loss.detach())
+            if not math.isfinite(lval) or (s > 0 and lval > t.divergence_factor * best_train):
+                raise TrainingDiverged(_diverged_message(s + 1, f"loss {lval:.4g} (lowest so far {best_train:.4g}, "
+                                                         f"limit {t.divergence_factor:g}x)", last_path, last_saved))
+            best_train = min(best_train, lval)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            # the state after s updates is good (sane loss): validate / checkpoint it before updating
+            if s > start and s % t.eval_every == 0:
+                val_loss = _validate(model, ema, val_s, normalizers, weights, t, symbols, schedule, csv_log,
+                                     s, epoch, lr, t_start, metrics, say)
+                if val_s and val_loss < best_val:
+                    best_val = val_loss
+                    save_checkpoint(best_path, snapshot(s))
+            if s > start and s % t.checkpoint_every == 0:
+                save_checkpoint(last_path, snapshot(s))
+                last_saved = s
+            clip = t.grad_clip if t.grad_clip > 0 else math.inf
+            gnorm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
+            if not math.isfinite(gnorm):
+                raise TrainingDiverged(_diverged_message(s + 1, f"gradient norm {gnorm}", last_path, last_saved))
+            optimizer.step()
+            ema.update()
+            acc = MAEAccumulator(symbols, model.orbital_mask)
+            si, sj = batch.bond_species
+            for op in ops:
+                acc.add(op, out[op + "_onsite"], batch.targets[op][0], batch.species, out[op + "_bond"],
+                        batch.targets[op][1], si, sj)
+            mae = {op: {"all": r["all"]} for op, r in acc.result().items()}
+            csv_log.write(s + 1, epoch, "train", lr, lval, gnorm, time.perf_counter() - t_start,
+                          {op: float(v) for op, v in parts.items()}, mae)
+            if progress is not None:
+                post = {"loss": f"{lval:.3g}", "lr": f"{lr:.2g}"}
+                if "hamiltonian" in metrics.get("validation", {}):
+                    post["val H meV"] = f"{metrics['validation']['hamiltonian']['all']:.3g}"
+                progress.set_postfix(post, refresh=False)
+                progress.update(1)
+        # ---- end of training: validate, test and checkpoint the final state
+        s = t.steps
+        if s > start or state is None or not metrics.get("test"):
+            epoch = s // per_epoch
+            lr = schedule.lr_at(max(s - 1, 0))
+            # (the schedule sees this validation only if a longer run would have made it too)
+            val_loss = _validate(model, ema, val_s, normalizers, weights, t, symbols,
+                                 schedule if s % t.eval_every == 0 else None, csv_log,
+                                 s, epoch, lr, t_start, metrics, say)
+            if val_s and not math.isfinite(val_loss):
+                raise TrainingDiverged(_diverged_message(s, f"validation loss {val_loss}", last_path, last_saved))
+            if val_s and val_loss < best_val:
+                best_val = val_loss
+                save_checkpoint(best_path, snapshot(s))
+            if test_s:
+                with ema.applied():
+                    model.eval()
+                    test_loss, test_mae = evaluate(model, test_s, normalizers, weights, t, symbols)
+                    model.train()
+                metrics["test"] = test_mae
+                csv_log.write(s, epoch, "test", lr, test_loss, None, time.perf_counter() - t_start, None, test_mae)
+                say(format_metrics(test_mae, f"test ({len(test_s)} frames) at step {s}:"))
+            save_checkpoint(last_path, snapshot(s))
+            if not val_s:
+                save_checkpoint(best_path, snapshot(s))
+    finally:
+        if progress is not None:
+            progress.close()
+    with open(out_dir / "metrics.json", "w") as fh:
+        json.dump({"step": t.steps, "n_parameters": n_params, **_json_clean(metrics)}, fh, indent=1)
+    return TrainResult(last_path, best_path, out_dir / "metrics.csv", t.steps,
+                       metrics.get("validation", {}), metrics.get("test", {}))
+
+
+def _validate(model, ema, val_s, normalizers, weights, t, symbols, schedule, csv_log, s, epoch, lr,
+              t_start, metrics, say) -> float:
+    if not val_s:
+        return math.nan
+    with ema.applied():
+        model.eval()
+        val_loss, val_mae = evaluate(model, val_s, normalizers, weights, t, symbols)
+        model.train()
+    if schedule is not None:
+        schedule.validation(val_loss)
+    metrics["validation"] = val_mae
+    csv_log.write(s, epoch, "val", lr, val_loss, None, time.perf_counter() - t_start, None, val_mae)
+    say(format_metrics(val_mae, f"validation ({len(val_s)} frames) at step {s}: loss {val_loss:.4g}"))
+    return val_loss
+
+
+def _diverged_message(step: int, what: str, last_path: Path, last_saved: Optional[int]) -> str:
+    if last_saved is None:
+        keep = "no checkpoint had been written yet"
+    else:
+        keep = f"the last good checkpoint {last_path} (step {last_saved}) is kept"
+    return (f"training diverged at step {step}: {what}; {keep}. Lower train.lr, add train.warmup_steps "
+            "or train.grad_clip, or check the data")

@@ -1,0 +1,203 @@
+"""Training loop: the loss goes down, resume is exact, divergence and bad input stop with a
+message naming the step / frame / key, checkpoints are versioned; the ``ase-slem train`` and
+``export`` verbs run end to end."""
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from ase_slem.io.dataset import write_frame
+from ase_slem.train import loop as loop_module
+from ase_slem.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ase_slem.train.config import ConfigError, config_from_dict
+from ase_slem.train.data import BasisMismatchError, TrainingDataError
+from ase_slem.train.loop import TrainingDiverged, train
+
+from _train_helpers import finite_state, quiet, sk_silicon_frames, tiny_config, water_frames
+
+torch.set_num_threads(1)
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return sk_silicon_frames(5, seed=0)
+
+
+def read_csv(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_short_training_lowers_the_loss(tmp_path, frames):
+    cfg = config_from_dict(tiny_config(tmp_path / "run", train={"steps": 30, "lr": 0.02, "eval_every": 10}))
+    res = train(cfg, frames=frames, log=quiet)
+    rows = read_csv(res.metrics_csv)
+    tr = [float(r["loss"]) for r in rows if r["split"] == "train"]
+    assert len(tr) == 30
+    assert np.mean(tr[-3:]) < 0.5 * np.mean(tr[:3])
+    val = [r for r in rows if r["split"] == "val"]
+    assert [int(r["step"]) for r in val] == [10, 20, 30]
+    h_val = [float(r["mae hamiltonian all [meV]"]) for r in val]
+    assert h_val[-1] < h_val[0]
+    # per-block-type MAE on validation and test, H in meV
+    assert set(res.test["hamiltonian"]) == {"unit", "all", "onsite Si", "hopping Si-Si"}
+    assert res.test["hamiltonian"]["unit"] == "meV"
+    assert 0 < res.test["hamiltonian"]["all"] < 2000
+    assert res.validation["overlap"]["onsite Si"] < 1e-6  # the SK head's onsite S is exact
+    state = load_checkpoint(res.checkpoint)
+    assert state["step"] == 30 and state["metrics"]["test"] == res.test
+    assert state["config"] == cfg.to_dict()
+    assert (tmp_path / "run" / "metrics.json").exists() and (tmp_path / "run" / "train.log").exists()
+
+
+def test_resume_is_exact_in_float64(tmp_path, frames):
+    over = dict(train={"steps": 12, "dtype": "float64", "schedule": "plateau", "plateau_patience": 1,
+                       "batch_size": 2, "eval_every": 3, "checkpoint_every": 3, "warmup_steps": 2})
+    straight = train(config_from_dict(tiny_config(tmp_path / "a", **over)), frames=frames, log=quiet)
+    half = tiny_config(tmp_path / "b", **over)
+    half["train"]["steps"] = 6
+    train(config_from_dict(half), frames=frames, log=quiet)
+    half["train"]["steps"] = 12
+    resumed = train(config_from_dict(half), frames=frames, resume=True, log=quiet)
+    a, b = load_checkpoint(straight.checkpoint), load_checkpoint(resumed.checkpoint)
+    assert a["step"] == b["step"] == 12
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    assert a["model"]["radial.k"].dtype == torch.float64
+    for s1, s2 in zip(a["ema"]["shadow"], b["ema"]["shadow"]):
+        assert torch.equal(s1, s2)
+    for k, st in a["optimizer"]["state"].items():
+        assert torch.equal(st["exp_avg_sq"], b["optimizer"]["state"][k]["exp_avg_sq"])
+    assert a["schedule"] == b["schedule"] and a["best_val_loss"] == b["best_val_loss"]
+    # the metrics log of the resumed run is the straight run's (wall times aside)
+    ra, rb = read_csv(straight.metrics_csv), read_csv(resumed.metrics_csv)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "time_s"} for r in rows]  # noqa: E731
+    assert strip(ra) == strip(rb)
+
+
+def test_a_diverging_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, frames, monkeypatch):
+    real_loss = loop_module._loss
+    calls = {"n": 0}
+
+    def exploding(out, batch, normalizers, weights, t):
+        total, parts = real_loss(out, batch, normalizers, weights, t)
+        if torch.is_grad_enabled():  # training steps only
+            calls["n"] += 1
+            if calls["n"] >= 8:
+                total = total * 1e9
+        return total, parts
+
+    monkeypatch.setattr(loop_module, "_loss", exploding)
+    cfg = config_from_dict(tiny_config(tmp_path / "run", train={"steps": 20, "checkpoint_every": 3}))
+    with pytest.raises(TrainingDiverged, match=r"training diverged at step 8: loss .* last good checkpoint "
+                                               r".*last.pt \(step 6\) is kept"):
+        train(cfg, frames=frames, log=quiet)
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert state["step"] == 6 and finite_state(state["model"])
+    # a real blow-up: a huge learning rate without clipping
+    monkeypatch.setattr(loop_module, "_loss", real_loss)
+    cfg = config_from_dict(tiny_config(tmp_path / "run2", train={"steps": 10, "lr": 1e4, "grad_clip": 0.0,
+                                                                 "ema_decay": 0.0}))
+    with pytest.raises(TrainingDiverged, match=r"training diverged at step \d+: .*no checkpoint had been written"):
+        train(cfg, frames=frames, log=quiet)
+
+
+def test_nan_target_names_the_frame(tmp_path, frames):
+    root = tmp_path / "data"
+    for k, fr in enumerate(frames[:4]):
+        if k == 2:
+            fr = sk_silicon_frames(1, seed=99)[0]
+            fr.operators["hamiltonian"].groups[0].data[3, 1, 2] = np.nan
+        write_frame(root, fr, k)
+    cfg = config_from_dict(tiny_config(tmp_path / "run", data={"path": str(root)}))
+    with pytest.raises(TrainingDataError, match=r"frame frame\.000002: hamiltonian has NaN/inf values"):
+        train(cfg, log=quiet)
+
+
+def test_resume_guards(tmp_path, frames):
+    cfg = tiny_config(tmp_path / "run", train={"steps": 3, "checkpoint_every": 3})
+    with pytest.raises(TrainingDataError, match="nothing to resume"):
+        train(config_from_dict(cfg), frames=frames, resume=True, log=quiet)
+    train(config_from_dict(cfg), frames=frames, log=quiet)
+    with pytest.raises(ConfigError, match="already holds a training run"):
+        train(config_from_dict(cfg), frames=frames, log=quiet)
+    other = tiny_config(tmp_path / "run", train={"steps": 6, "checkpoint_every": 3}, model={"channels": 3})
+    with pytest.raises(ConfigError, match=r"model.channels: checkpoint 2, config 3"):
+        train(config_from_dict(other), frames=frames, resume=True, log=quiet)
+    # a dataset in another basis
+    from test_train_data import one_orbital_frame
+
+    odd = [one_orbital_frame(f.atoms) for f in frames]
+    with pytest.raises(BasisMismatchError, match=r"basis of Si differs: the dataset has 1s"):
+        train(config_from_dict(cfg), frames=odd, resume=True, log=quiet)
+
+
+def test_checkpoint_versions_and_corruption(tmp_path, frames):
+    cfg = tiny_config(tmp_path / "run", train={"steps": 2, "checkpoint_every": 2})
+    res = train(config_from_dict(cfg), frames=frames, log=quiet)
+    state = load_checkpoint(res.checkpoint)
+    newer = dict(state, version=99)
+    torch.save(newer, tmp_path / "newer.pt")
+    with pytest.raises(CheckpointError, match=r"newer ase_slem \(checkpoint format 99; .*upgrade ase_slem"):
+        load_checkpoint(tmp_path / "newer.pt")
+    torch.save(dict(state, version=0), tmp_path / "old.pt")
+    with pytest.raises(CheckpointError, match="old checkpoint format 0"):
+        load_checkpoint(tmp_path / "old.pt")
+    torch.save({"model": {}}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="not an ase_slem training checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pt")
+    (tmp_path / "garbage.pt").write_bytes(b"\x00not a checkpoint" * 10)
+    with pytest.raises(CheckpointError, match="not a readable ase_slem checkpoint"):
+        load_checkpoint(tmp_path / "garbage.pt")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "none.pt")
+    # saving is atomic: no temporary files are left behind
+    save_checkpoint(tmp_path / "ck" / "x.pt", {"a": 1})
+    assert [p.name for p in (tmp_path / "ck").iterdir()] == ["x.pt"]
+
+
+def test_cli_train_and_export_on_water(tmp_path, capsys):
+    from ase.build import molecule
+
+    from ase_slem.cli import main
+    from ase_slem.model_file import load_model, predict
+
+    root = tmp_path / "water"
+    for k, fr in enumerate(water_frames(4, "sto-3g")):
+        write_frame(root, fr, k)
+    cfg = tiny_config(tmp_path / "run", data={"path": str(root), "split": [0.5, 0.25, 0.25],
+                                              "operators": ["hamiltonian", "overlap", "density_matrix"]},
+                      model={"r_cut": 4.0}, train={"steps": 6, "eval_every": 3, "checkpoint_every": 3})
+    cfg["name"] = "water_test"
+    (tmp_path / "w.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(tmp_path / "w.yaml"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "test (1 frames) at step 6" in out and "density_matrix MAE" in out and "onsite O" in out
+    ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
+    model_path = tmp_path / "models" / "water_test.pt"
+    assert main(["export", str(ckpt), "-o", str(model_path)]) == 0
+    assert "water_test (SLEM" in capsys.readouterr().out
+    model = load_model(model_path)
+    meta = model.metadata
+    assert meta["periodic"] is False and meta["dft_settings"]["xc"] == "pbe"
+    assert meta["basis"]["name"] == "sto-3g" and meta["basis"]["shells"] == {"H": [0], "O": [0, 0, 1]}
+    assert [f["l"] for f in meta["basis"]["radial"]["functions"]["O"]] == [0, 0, 1]
+    assert set(meta["metrics"]["test"]) == {"hamiltonian", "overlap", "density_matrix"}
+    ops = predict(model, molecule("H2O"))
+    assert set(ops) == {"hamiltonian", "overlap", "density_matrix"} and not ops["hamiltonian"].periodic
+    h = ops["hamiltonian"].to_sparse().toarray()
+    assert h.shape == (7, 7) and np.allclose(h, h.T) and math.isfinite(float(np.abs(h).sum()))
+    # bad input: one line on stderr, exit status 1
+    cfg["train"]["lrr"] = 1.0
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(tmp_path / "bad.yaml")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "unknown key train.lrr (did you mean train.lr?)" in err
+    assert main(["export", str(tmp_path / "none.pt"), "-o", str(tmp_path / "x.pt")]) == 1
+    assert "does not exist" in capsys.readouterr().err
