@@ -463,14 +463,26 @@ def run_krks(
     density_fit: bool = True,
     ke_cutoff: float | None = None,
     conv_tol: float = 1e-9,
+    kpoint_symmetry: bool = False,
     verbose: int = 0,
 ):
-    """Converged PySCF KRKS mean-field object on a Gamma-centred ``kmesh`` (see :func:`periodic_operators`)."""
+    """Converged PySCF KRKS mean-field object on a Gamma-centred ``kmesh`` (see :func:`periodic_operators`).
+
+    ``kpoint_symmetry`` runs the SCF on the irreducible k-points only (space group + time
+    reversal, PySCF's ``KsymAdaptedKRKS``); a rattled structure keeps time reversal, which
+    nearly halves the mesh.
+    """
     from pyscf.pbc import dft
 
-    cell = atoms_to_cell(atoms, basis, pseudo, ke_cutoff=ke_cutoff, verbose=verbose)
-    kabs = cell.get_abs_kpts(gamma_centred_mesh(_mesh_tuple(kmesh)))
-    mf = dft.KRKS(cell, kabs)
+    n = _mesh_tuple(kmesh)
+    if kpoint_symmetry:
+        cell = atoms_to_cell(atoms, basis, pseudo, ke_cutoff=ke_cutoff, verbose=verbose,
+                             space_group_symmetry=True, symmorphic=False)
+        kpts = cell.make_kpts(n, with_gamma_point=True, space_group_symmetry=True, time_reversal_symmetry=True)
+    else:
+        cell = atoms_to_cell(atoms, basis, pseudo, ke_cutoff=ke_cutoff, verbose=verbose)
+        kpts = cell.get_abs_kpts(gamma_centred_mesh(n))
+    mf = dft.KRKS(cell, kpts)
     mf.xc = xc
     mf.conv_tol = conv_tol
     mf.verbose = verbose
@@ -491,6 +503,7 @@ def periodic_operators(
     density_fit: bool = True,
     ke_cutoff: float | None = None,
     conv_tol: float = 1e-9,
+    kpoint_symmetry: bool = False,
     time_reversal: bool = True,
     drop_below: float = 0.0,
     max_distance: float | None = None,
@@ -515,6 +528,8 @@ def periodic_operators(
         Gaussian density fitting (GDF) instead of PySCF's default FFT density fitting.
     ke_cutoff:
         plane-wave kinetic-energy cutoff of the real-space grid (Hartree); default PySCF's.
+    kpoint_symmetry:
+        SCF on the irreducible k-points only (see :func:`run_krks`).
     time_reversal, drop_below, max_distance:
         see :func:`operators_from_krks`.
     return_mf:
@@ -526,7 +541,7 @@ def periodic_operators(
     """
     t0 = time.perf_counter()
     mf = run_krks(atoms, xc, basis, pseudo, kmesh, density_fit=density_fit, ke_cutoff=ke_cutoff,
-                  conv_tol=conv_tol, verbose=verbose)
+                  conv_tol=conv_tol, kpoint_symmetry=kpoint_symmetry, verbose=verbose)
     t_scf = time.perf_counter() - t0
     frame = operators_from_krks(mf, atoms, dense_kmesh=dense_kmesh, time_reversal=time_reversal,
                                 drop_below=drop_below, max_distance=max_distance)
@@ -565,18 +580,24 @@ def operators_from_krks(
         atoms = _atoms_from_pyscf(cell)
     timings = {}
     nelec = int(cell.nelectron)
-    n_scf, _ = _grid_indices(cell.get_scaled_kpts(mf.kpts))
+    kobj = mf.kpts if hasattr(mf.kpts, "kpts_ibz") else None  # k-point symmetry (IBZ only)
+    kpts_full = kobj.kpts if kobj is not None else np.asarray(mf.kpts)
+    n_scf, _ = _grid_indices(cell.get_scaled_kpts(kpts_full))
     t0 = time.perf_counter()
     if dense_kmesh is None:
         n_used = n_scf
-        kf_used = cell.get_scaled_kpts(mf.kpts)
-        s_k = np.asarray(mf.get_ovlp())
-        c_k = [np.asarray(c) for c in mf.mo_coeff]
-        e_k = np.asarray(mf.mo_energy)
+        kf_used = cell.get_scaled_kpts(kpts_full)
+        s_k = np.asarray(cell.pbc_intor("int1e_ovlp", hermi=1, kpts=kpts_full))
+        if kobj is None:
+            c_k, e_k, d_k = mf.mo_coeff, mf.mo_energy, mf.make_rdm1()
+        else:
+            c_k = kobj.transform_mo_coeff(mf.mo_coeff)
+            e_k = kobj.transform_mo_energy(mf.mo_energy)
+            d_k = kobj.transform_dm(mf.make_rdm1())
+        c_k, e_k, d_k = [np.asarray(c) for c in c_k], np.asarray(e_k), np.asarray(d_k)
         if any(c.shape[0] != c.shape[1] for c in c_k):
             raise PySCFInputError("PySCF removed linearly dependent functions; the Fock matrix is not defined on the full basis")
         f_k = np.stack([(s @ c * e) @ (s @ c).conj().T for s, c, e in zip(s_k, c_k, e_k)])
-        d_k = np.asarray(mf.make_rdm1())
     else:
         n_used = _mesh_tuple(dense_kmesh)
         kf_used = gamma_centred_mesh(n_used)
@@ -639,6 +660,7 @@ def operators_from_krks(
         "basis": basis if isinstance(basis, str) else repr(basis),
         "pseudo": pseudo if (pseudo is None or isinstance(pseudo, str)) else repr(pseudo),
         "kmesh": list(n_scf),
+        "kpoint_symmetry": kobj is not None,
         "dense_kmesh": None if dense_kmesh is None else list(n_used),
         "density_fit": type(mf.with_df).__name__ != "FFTDF",
         "ke_cutoff": None if getattr(cell, "ke_cutoff", None) is None else float(cell.ke_cutoff),
