@@ -187,7 +187,11 @@ def test_cli_train_and_export_on_water(tmp_path, capsys):
     meta = model.metadata
     assert meta["periodic"] is False and meta["dft_settings"]["xc"] == "pbe"
     assert meta["basis"]["name"] == "sto-3g" and meta["basis"]["shells"] == {"H": [0], "O": [0, 0, 1]}
-    assert [f["l"] for f in meta["basis"]["radial"]["functions"]["O"]] == [0, 0, 1]
+    assert [f["l"] for f in meta["basis"]["radial"]["elements"]["O"]] == [0, 0, 1]
+    from ase_slem.orbitals import radial_basis_from_dict
+
+    radial = radial_basis_from_dict(meta["basis"]["radial"])  # what density rendering reads
+    assert [f.l for f in radial.functions["O"]] == [0, 0, 1] and [f.l for f in radial.functions["H"]] == [0]
     assert set(meta["metrics"]["test"]) == {"hamiltonian", "overlap", "density_matrix"}
     ops = predict(model, molecule("H2O"))
     assert set(ops) == {"hamiltonian", "overlap", "density_matrix"} and not ops["hamiltonian"].periodic

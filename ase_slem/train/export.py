@@ -7,11 +7,11 @@ the basis name and -- for PySCF Gaussian bases -- the radial functions), cutoffs
 orbital convention ("e3nn"), the DFT settings of the training data, the operators, periodic or
 molecular, the network settings, parameter count and the validation/test errors.
 
-Radial functions of a Gaussian basis are stored per element as one entry per shell, in the
-basis' shell order: ``{"l": l, "exponents": [alpha_p], "coefficients": [c_p]}`` with the
-orbital ``phi_lm(r) = R(r) Y_lm(r/|r|)``, ``R(r) = sum_p c_p r^l exp(-alpha_p r^2)`` (r in Å,
-alpha in 1/Å^2, R in Å^-3/2) normalized to ``int R^2 r^2 dr = 1``, and ``Y_lm`` the real
-spherical harmonics orthonormal on the unit sphere, in e3nn's m order.
+Radial functions (PySCF Gaussian bases) are stored in the layout of
+:func:`ase_slem.orbitals.radial_basis_to_dict` (per element, one entry per shell in the basis'
+shell order: l, exponents in 1/Å^2, coefficients of normalized R(r) = r^l sum_k c_k exp(-a_k r^2),
+cutoff), so :func:`ase_slem.orbitals.radial_basis_from_dict` turns them back into the
+:class:`~ase_slem.io.radial.RadialBasis` that density rendering uses; ``null`` for other bases.
 """
 from __future__ import annotations
 
@@ -49,54 +49,39 @@ class ScriptedSLEM(torch.nn.Module):
         return self.model(positions.to(dt), species, edge_index, edge_shift.to(dt), bond_index)
 
 
-def pyscf_radial_functions(basis_name: str, shells: Dict[str, Sequence[int]]) -> Dict[str, list]:
-    """Normalized radial functions of a PySCF basis set for each element (see module doc).
+def pyscf_radial_basis(basis_name: str, shells: Dict[str, Sequence[int]]) -> Dict[str, Any]:
+    """Radial functions of a PySCF basis set for each element, as
+    :func:`ase_slem.orbitals.radial_basis_to_dict` describes them (read back with
+    :func:`ase_slem.orbitals.radial_basis_from_dict`).
 
-    ``shells`` (``{symbol: [l ...]}``) is checked against the basis: one entry per contracted
-    function of each PySCF shell, in PySCF's order (the order :meth:`Basis.from_pyscf` uses).
+    ``shells`` (``{symbol: [l ...]}``) is checked against the basis: one radial shell per
+    contracted function of each PySCF shell, in PySCF's order (that of :meth:`Basis.from_pyscf`).
     """
-    from ase.units import Bohr
     from pyscf import gto
-    from scipy.special import gamma
 
-    out: Dict[str, list] = {}
+    from ..orbitals import radial_basis_from_pyscf, radial_basis_to_dict
+
+    elements = list(shells)
+    n_el = sum(int(gto.charge(el)) for el in elements)
+    mol = gto.M(atom=[[el, (4.0 * k, 0.0, 0.0)] for k, el in enumerate(elements)], basis=basis_name,
+                unit="Angstrom", spin=n_el % 2, verbose=0)
+    radial = radial_basis_from_pyscf(mol)
     for el, ls in shells.items():
-        z = gto.charge(el)
-        mol = gto.M(atom=[[el, (0.0, 0.0, 0.0)]], basis={el: basis_name}, spin=z % 2, verbose=0)
-        entries = []
-        for b in range(mol.nbas):
-            l = int(mol.bas_angular(b))
-            alpha = np.asarray(mol.bas_exp(b)) / Bohr**2  # 1/Å^2
-            coeff = np.asarray(mol.bas_ctr_coeff(b))  # (nprim, nctr), for normalized primitives
-            # radial norm of r^l exp(-a r^2): int r^(2l+2) exp(-2 a r^2) dr = G(l+3/2) / (2 (2a)^(l+3/2))
-            prim_norm = 1.0 / np.sqrt(gamma(l + 1.5) / (2.0 * (2.0 * alpha) ** (l + 1.5)))
-            overlap = gamma(l + 1.5) / (2.0 * (alpha[:, None] + alpha[None, :]) ** (l + 1.5))
-            for k in range(coeff.shape[1]):
-                c = coeff[:, k] * prim_norm
-                c = c / np.sqrt(c @ overlap @ c)
-                entries.append({"l": l, "exponents": alpha.tolist(), "coefficients": c.tolist()})
-        got = [e["l"] for e in entries]
+        got = [int(f.l) for f in radial.functions[el]]
         if got != [int(l) for l in ls]:
             raise ExportError(
                 f"PySCF basis {basis_name!r} gives {el} the shells {got}, but the model was trained with {list(ls)}"
             )
-        out[el] = entries
-    return out
+    return radial_basis_to_dict(radial)
 
 
-def _radial_metadata(dataset: Dict[str, Any]) -> Dict[str, Any]:
+def _radial_metadata(dataset: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """Radial functions for the metadata, or None when the basis is not a PySCF one."""
     settings = dataset.get("settings", {}) or {}
     name = dataset.get("basis_name") or settings.get("basis") or ""
     if settings.get("code") == "pyscf" and isinstance(name, str) and name:
-        try:
-            return {"type": "gaussian", "functions": pyscf_radial_functions(name, dataset["basis"]),
-                    "definition": "R(r) = sum_p c_p r^l exp(-alpha_p r^2), r in Angstrom, alpha in 1/Angstrom^2, "
-                                  "int R^2 r^2 dr = 1; orbital R(r) Y_lm with real Y_lm orthonormal on the sphere"}
-        except ExportError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - metadata stays usable without radial functions
-            return {"type": None, "note": f"radial functions of {name!r} unavailable ({exc})"}
-    return {"type": None, "note": f"no radial functions known for basis {name!r} (code {settings.get('code')!r})"}
+        return pyscf_radial_basis(name, dataset["basis"])
+    return None
 
 
 def build_metadata(state: Dict[str, Any], name: Optional[str] = None, use_ema: bool = True) -> Dict[str, Any]:
@@ -120,7 +105,7 @@ def build_metadata(state: Dict[str, Any], name: Optional[str] = None, use_ema: b
         "basis": {
             "name": ds.get("basis_name", ""),
             "shells": {k: [int(l) for l in v] for k, v in args["basis"].items()},
-            "radial": _radial_metadata(ds),
+            "radial": _radial_metadata(ds),  # ase_slem.orbitals.radial_basis_from_dict reads it
         },
         "orbital_convention": "e3nn",
         "orbital_order": "shells in the order of basis.shells; inside a shell m in e3nn's real spherical "

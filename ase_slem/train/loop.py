@@ -450,7 +450,7 @@ def train(config: Config | str | os.PathLike, *, frames: Optional[Sequence[Frame
                         batch.targets[op][1], si, sj)
             mae = {op: {"all": r["all"]} for op, r in acc.result().items()}
             csv_log.write(s + 1, epoch, "train", lr, lval, gnorm, time.perf_counter() - t_start,
-                          {op: float(v) for op, v in parts.items()}, mae)
+                          {op: float(v.detach()) for op, v in parts.items()}, mae)
             if progress is not None:
                 post = {"loss": f"{lval:.3g}", "lr": f"{lr:.2g}"}
                 if "hamiltonian" in metrics.get("validation", {}):
