@@ -602,7 +602,7 @@ def evaluate_orbitals(
     points: np.ndarray,
     kpt: Sequence[float] | None = None,
     *,
-    chunk: int = 4096,
+    chunk: int = 1024,
 ) -> np.ndarray:
     """All orbitals of ``atoms`` at ``points`` (npts, 3) in Å, in our orbital order.
 
