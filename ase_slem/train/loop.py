@@ -270,8 +270,13 @@ def train(config: Config | str | os.PathLike, *, frames: Optional[Sequence[Frame
     out_dir.mkdir(parents=True, exist_ok=True)
     log_file = out_dir / "train.log"
 
+    bar = {"progress": None}
+
     def say(msg: str) -> None:
-        (log or print)(msg)
+        if log is None and bar["progress"] is not None:
+            bar["progress"].write(msg)  # keeps the progress bar intact
+        else:
+            (log or print)(msg)
         with open(log_file, "a") as fh:
             fh.write(time.strftime("%Y-%m-%d %H:%M:%S ") + msg + "\n")
 
@@ -407,6 +412,7 @@ def train(config: Config | str | os.PathLike, *, frames: Optional[Sequence[Frame
         from tqdm.auto import tqdm
 
         progress = tqdm(total=t.steps, initial=start, desc=cfg.name, dynamic_ncols=True, leave=True)
+        bar["progress"] = progress
     t_start = time.perf_counter()
     val_loss = math.nan
     model.train()
