@@ -15,7 +15,6 @@ made of; the same statistics go into the network's normalization layers.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
 
@@ -291,7 +290,7 @@ class OperatorNormalizer(torch.nn.Module):
 
     ``mu``/``sigma`` buffers (onsite: per species, ``(n_species, n_channels)``; bonds: per
     ordered species pair ``t = Zi * n_species + Zj``) follow paper Eq. 3 and come from
-    :meth:`fit`; the normalized error of a block is ``(irreps(pred) - irreps(target)) /
+    :meth:`fit` (scales below 1e-3 of the operator's largest are raised to that floor); the normalized error of a block is ``(irreps(pred) - irreps(target)) /
     sigma``, over the irreps components the pair type actually has.
     """
 
@@ -321,7 +320,7 @@ class OperatorNormalizer(torch.nn.Module):
         irr = self.we_node.to_irreps(on, sp)
         mu, sig = irreps_statistics(irr, sp, self.we_node.irreps, ns, self.we_node.component_mask)
         self.mu_node.copy_(mu)
-        self.sigma_node.copy_(sig)
+        self.sigma_node.copy_(_floor(sig))
         bd = torch.cat([s.targets[op][1] for s in samples]).to(self.mu_edge.dtype)
         si = torch.cat([s.bond_species[0] for s in samples])
         sj = torch.cat([s.bond_species[1] for s in samples])
@@ -330,7 +329,7 @@ class OperatorNormalizer(torch.nn.Module):
         irr = self.we_edge.to_irreps(blocks, t)
         mu, sig = irreps_statistics(irr, t, self.we_edge.irreps, ns * ns, self.we_edge.component_mask)
         self.mu_edge.copy_(mu)
-        self.sigma_edge.copy_(sig)
+        self.sigma_edge.copy_(_floor(sig))
 
     def normalized_errors(self, pred_onsite: Tensor, tgt_onsite: Tensor, species: Tensor,
                           pred_bond: Tensor, tgt_bond: Tensor, species_i: Tensor, species_j: Tensor
@@ -344,6 +343,16 @@ class OperatorNormalizer(torch.nn.Module):
         e_b = d_b / self.sigma_edge.index_select(0, t).index_select(1, self.edge_channel)
         m_b = self.we_edge.component_mask.index_select(0, t)
         return e_on, m_on, e_b, m_b
+
+
+def _floor(sigma: Tensor, relative: float = 1e-3) -> Tensor:
+    """Scales of nearly constant channels raised to ``relative`` times the largest fitted
+    scale, so that rounding noise of a constant does not dominate the loss."""
+    fitted = sigma != 1.0
+    if not bool(fitted.any()):
+        return sigma
+    floor = relative * float(sigma[fitted].max())
+    return torch.where(fitted, sigma.clamp(min=floor), sigma)
 
 
 def normalized_loss_terms(normalizer: OperatorNormalizer, outputs: Dict[str, Tensor], batch: Sample,
@@ -368,6 +377,3 @@ def onsite_overlap_means(samples: Sequence[Sample], n_species: int) -> Dict[int,
     sp = torch.cat([s.species for s in samples])
     return {a: on[sp == a].mean(0) for a in range(n_species) if bool((sp == a).any())}
 
-
-def finite_or_none(x: float) -> float | None:
-    return None if (x is None or not math.isfinite(x)) else float(x)

@@ -381,6 +381,8 @@ def train(config: Config | str | os.PathLike, *, frames: Optional[Sequence[Frame
         set_rng_state(state["rng"])
         start, best_train, best_val = int(state["step"]), float(state["best_train_loss"]), float(state["best_val_loss"])
         metrics = state.get("metrics", metrics)
+        if start > t.steps:
+            raise ConfigError(f"{last_path} is at step {start}, beyond train.steps = {t.steps}; raise train.steps to resume")
         say(f"resuming {last_path} at step {start}")
     periodic = sorted({bool(fr.atoms.pbc.any()) for fr in frames})
     dataset_info = {
