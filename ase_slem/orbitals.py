@@ -431,6 +431,65 @@ class _Element:
     offsets: np.ndarray  # start column of each shell inside the atom's orbitals
     norb: int
     cutoff: float
+    _gauss: tuple | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        # angular part of every orbital as one polynomial map: monomials of degree <= lmax
+        # (including r=0 direction handling by the caller) -> (norb,) harmonics
+        lmax = max(self.ls)
+        powers = [(a, b, l - a - b) for l in range(lmax + 1) for a in range(l, -1, -1) for b in range(l - a, -1, -1)]
+        index = {p: k for k, p in enumerate(powers)}
+        ang = np.zeros((len(powers), self.norb))
+        for l, off in zip(self.ls, self.offsets):
+            if l == 0:
+                ang[index[(0, 0, 0)], off] = 0.5 / np.sqrt(np.pi)
+                continue
+            pw, coef = _harmonic_polynomial(l)
+            for row, p in zip(coef, pw):
+                ang[index[tuple(int(x) for x in p)], off : off + 2 * l + 1] = row
+        self._powers = np.array(powers, dtype=np.int64)
+        self._angular = ang
+        self._orbital_shell = np.repeat(np.arange(len(self.ls)), [2 * l + 1 for l in self.ls])
+        self._lmax = lmax
+        # Gaussian shells of one element usually share exponents (e.g. gth-dzvp): evaluate each
+        # distinct exp(-a r^2) once and combine with a coefficient matrix
+        g = [k for k, sh in enumerate(self.shells) if isinstance(sh, GaussianRadial)]
+        if g:
+            expo = np.unique(np.concatenate([self.shells[k].exponents for k in g]))
+            coef = np.zeros((len(expo), len(g)))
+            for col, k in enumerate(g):
+                np.add.at(coef[:, col], np.searchsorted(expo, self.shells[k].exponents), self.shells[k].coefficients)
+            self._gauss = (np.array(g), expo, coef)
+
+    def orbitals(self, r: np.ndarray, unit: np.ndarray) -> np.ndarray:
+        """All orbitals of the element at distances ``r`` (n,) along unit vectors (n, 3): (n, norb)."""
+        xyz = np.ascontiguousarray(unit.T)  # (3, n): contiguous x, y, z
+        pw = [np.ones_like(xyz), xyz]
+        for _ in range(2, self._lmax + 1):
+            pw.append(pw[-1] * xyz)
+        mono = np.empty((len(self._powers), len(r)))
+        for k, (a, b, c) in enumerate(self._powers):
+            np.multiply(pw[a][0], pw[b][1], out=mono[k])
+            mono[k] *= pw[c][2]
+        return (mono.T @ self._angular) * self.radial(r)[:, self._orbital_shell]
+
+    def radial(self, r: np.ndarray) -> np.ndarray:
+        """R of every shell at radii ``r`` (n,): (n, nshells), zero beyond each shell's cutoff."""
+        out = np.empty((len(r), len(self.shells)))
+        done = set()
+        if self._gauss is not None:
+            idx, expo, coef = self._gauss
+            vals = np.exp(-np.multiply.outer(r * r, expo)) @ coef
+            for col, k in enumerate(idx):
+                sh = self.shells[k]
+                v = vals[:, col] * r**sh.l if sh.l else vals[:, col]
+                v[r >= sh.cutoff] = 0.0
+                out[:, k] = v
+                done.add(int(k))
+        for k, sh in enumerate(self.shells):
+            if k not in done:
+                out[:, k] = sh(r)
+        return out
 
 
 @dataclass
@@ -560,11 +619,7 @@ class OrbitalEvaluator:
             safe = np.where(r > 0, r, 1.0)
             unit = dv / safe[:, None]
             unit[r == 0] = (0.0, 0.0, 1.0)  # any direction: only l = 0 is non-zero at r = 0
-            vals = np.empty((len(r), el.norb))
-            harm = {l: real_harmonics(l, unit) for l in set(el.ls)}
-            for shell, l, off in zip(el.shells, el.ls, el.offsets):
-                vals[:, off : off + 2 * l + 1] = shell(r)[:, None] * harm[l]
-            out[p_idx, new_index[cols[a_idx]], : el.norb] = vals
+            out[p_idx, new_index[cols[a_idx]], : el.norb] = el.orbitals(r, unit)
         return (images, out) if drop_untouched else out
 
     def bloch_values(self, points: np.ndarray, kpt=None) -> np.ndarray:
