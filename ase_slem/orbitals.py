@@ -678,15 +678,7 @@ def evaluate_orbitals(
             raise ValueError(f"kpt must be 3 fractional coordinates, got shape {k.shape}")
         if not np.asarray(atoms.pbc).any() and np.any(k != 0):
             raise ValueError("a molecule (no periodic boundary conditions) has only k = Gamma")
-    pbc = np.asarray(atoms.pbc, dtype=bool)
-    margin = 0.0
-    if pbc.any() and len(points):
-        # points outside the home cell need images from further away
-        frac = np.linalg.solve(np.asarray(atoms.cell.array).T, points.T).T
-        heights = 1.0 / np.linalg.norm(np.linalg.inv(atoms.cell.array), axis=0)
-        beyond = np.maximum(-frac, frac - 1.0).clip(min=0.0) * heights
-        margin = float(beyond[:, pbc].max(initial=0.0))
-    ev = OrbitalEvaluator.for_structure(atoms, radial, margin=margin + 1e-6)
+    ev = OrbitalEvaluator.for_structure(atoms, radial, margin=_margin_outside_cell(atoms, points) + 1e-6)
     order = _spatial_order(points, chunk)
     out = None
     for s in range(0, len(points), chunk):
@@ -698,6 +690,20 @@ def evaluate_orbitals(
     if out is None:
         return np.zeros((0, int(ev.offsets[-1])))
     return out
+
+
+def _margin_outside_cell(atoms: Atoms, points: np.ndarray) -> float:
+    """How far (Å) points reach beyond the home cell along periodic axes (0 for molecules)."""
+    pbc = np.asarray(atoms.pbc, dtype=bool)
+    if not pbc.any() or len(points) == 0:
+        return 0.0
+    cell = np.asarray(atoms.cell.array, dtype=float)
+    if abs(np.linalg.det(cell)) < 1e-9:
+        return 0.0  # for_structure reports the missing cell
+    frac = np.linalg.solve(cell.T, points.T).T
+    heights = 1.0 / np.linalg.norm(np.linalg.inv(cell), axis=0)
+    beyond = np.maximum(-frac, frac - 1.0).clip(min=0.0) * heights
+    return float(beyond[:, pbc].max(initial=0.0))
 
 
 def _spatial_order(points: np.ndarray, chunk: int) -> np.ndarray:

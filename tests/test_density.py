@@ -15,6 +15,7 @@ from ase.units import Bohr
 from ase_slem.basis import Basis, real_spherical_harmonics, textbook_to_e3nn
 from ase_slem.density import (
     DensityError,
+    density_at_points,
     density_on_plane,
     electron_density,
     orbital_density,
@@ -149,6 +150,33 @@ def test_molecular_density_matches_pyscf_eval_rho(water):
     # the default tolerance (orbitals cut at 1e-6 of their peaks) moves rho by ~1e-7 of its peak
     fast = electron_density(D, atoms, radial, spacing=0.15)
     assert np.abs(fast.rho - rho).max() <= 1e-6 * rho.max()
+
+
+def test_molecule_in_a_periodic_box_matches_the_molecule(water):
+    import pickle
+
+    atoms, frame, mf = water
+    D = frame.operators["density_matrix"]
+    radial = radial_basis_from_pyscf(mf.mol)
+    boxed = atoms.copy()
+    boxed.cell = np.diag([13.2, 13.2, 12.0])
+    boxed.center()
+    boxed.pbc = True
+    periodic = electron_density(D, boxed, radial, spacing=0.3, tolerance=None)
+    assert periodic.periodic and periodic.rho.shape == (44, 44, 40)
+    # the free molecule at the same points (its box and origin differ from the cell grid)
+    free = boxed.copy()
+    free.pbc = False
+    pts = periodic.points().reshape(-1, 3)
+    alone = density_at_points(D, free, radial, pts, tolerance=None, chunk=3000)
+    # images of the molecule 12 Å away touch it only through 1e-8 tails
+    np.testing.assert_allclose(periodic.rho.ravel(), alone, atol=1e-8 * alone.max())
+    # and the same for the crystal at points outside its home cell
+    far = pts[::97] + boxed.cell.array[0] * 2 - boxed.cell.array[2]
+    np.testing.assert_allclose(density_at_points(D, boxed, radial, far, tolerance=None),
+                               periodic.rho.ravel()[::97], atol=1e-12 * alone.max())
+    again = pickle.loads(pickle.dumps(periodic))
+    assert again.periodic and np.array_equal(again.rho, periodic.rho) and np.array_equal(again.origin, periodic.origin)
 
 
 def test_band_densities_add_up_to_the_density_matrix_density(water):
@@ -375,6 +403,8 @@ def test_bad_input_is_named(water):
         electron_density(D, slab, radial)
     with pytest.raises(ValueError, match=r"points must have shape \(npts, 3\)"):
         evaluate_orbitals(atoms, radial, np.zeros((4, 2)))
+    with pytest.raises(DensityError, match=r"points must be a finite \(npts, 3\) array"):
+        density_at_points(D, atoms, radial, np.full((2, 3), np.nan))
 
 
 def test_gaussian_shell_validation():
