@@ -246,6 +246,123 @@ def _json_clean(x):
     return json.loads(json.dumps(x, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
 
+@dataclass
+class _Data:
+    """Frames turned into samples, split, with what the checkpoint records about them."""
+
+    operators: List[str]
+    symbols: List[str]
+    basis: Dict[str, List[int]]
+    r_bond: float
+    train: List[Sample]
+    val: List[Sample]
+    test: List[Sample]
+    info: Dict
+
+
+def _resume_state(cfg: Config, resume: bool, last_path: Path) -> Optional[dict]:
+    """The checkpoint to continue from (checked against the config), or None for a new run."""
+    if not resume:
+        if last_path.exists():
+            raise ConfigError(f"{cfg.output} already holds a training run ({last_path}); resume it with "
+                              "--resume or choose another output")
+        return None
+    if not last_path.exists():
+        raise TrainingDataError(f"nothing to resume: {last_path} does not exist (train without --resume first)")
+    state = load_checkpoint(last_path)
+    diffs = [d for d in config_differences(state["config"], cfg.to_dict()) if d[0] not in RESUMABLE_CHANGES]
+    if diffs:
+        listed = "; ".join(f"{k}: checkpoint {a!r}, config {b!r}" for k, a, b in diffs)
+        raise ConfigError(
+            f"cannot resume {last_path} with a different config ({listed}); only "
+            f"{', '.join(sorted(RESUMABLE_CHANGES))} may change. Start a new run in another output folder"
+        )
+    if int(state["step"]) > cfg.train.steps:
+        raise ConfigError(f"{last_path} is at step {state['step']}, beyond train.steps = {cfg.train.steps}; "
+                          "raise train.steps to resume")
+    return state
+
+
+def _prepare_data(cfg: Config, frames, frame_names, state: Optional[dict], say) -> _Data:
+    """Read/check the frames, split them and build their samples."""
+    ops = list(cfg.data.operators)
+    if frames is None:
+        frames, names = load_frames(cfg.data.path, cfg.data.max_frames)
+    else:
+        frames = list(frames)[: cfg.data.max_frames] if cfg.data.max_frames else list(frames)
+        names = list(frame_names) if frame_names is not None else [f"frame {k}" for k in range(len(frames))]
+    check_frames(frames, names, ops)
+    basis = dataset_basis(frames, names)
+    if state is not None:
+        check_basis_matches(state["model_args"]["basis"], basis, "the dataset")
+        basis = {k: list(v) for k, v in state["model_args"]["basis"].items()}
+    symbols = list(basis)
+    tr_idx, va_idx, te_idx = split_indices(len(frames), cfg.data.split, cfg.data.split_seed, cfg.data.train_fraction)
+    split_names = {"train": [names[k] for k in tr_idx], "val": [names[k] for k in va_idx],
+                   "test": [names[k] for k in te_idx]}
+    if state is not None and state["dataset"]["split"] != split_names:
+        raise TrainingDataError(
+            "the dataset differs from the one this run was trained on (other frames in the train/val/test "
+            "split); resume with the same frames or start a new run"
+        )
+    m = cfg.model
+    max_norb = max(sum(2 * l + 1 for l in ls) for ls in basis.values())
+    r_graph = m.r_max if m.lem else m.r_cut
+    r_bond = m.r_bond if m.r_bond is not None else m.r_cut
+    t0 = time.perf_counter()
+    dtype = DTYPES[cfg.train.dtype]
+    samples = [make_sample(fr, nm, symbols, max_norb, r_graph, r_bond, ops, dtype) for fr, nm in zip(frames, names)]
+    data = _Data(ops, symbols, basis, r_bond, [samples[k] for k in tr_idx], [samples[k] for k in va_idx],
+                 [samples[k] for k in te_idx], {})
+    say(f"{len(frames)} frames ({len(data.train)} train, {len(data.val)} validation, {len(data.test)} test), "
+        f"basis {basis}, graphs built in {time.perf_counter() - t0:.1f} s")
+    for op in ops:
+        unc = max(s.uncovered[op] for s in samples)
+        if unc > 0:
+            say(f"note: {op} blocks beyond r_bond = {r_bond} Å are not learned (largest element there "
+                f"{unc * UNITS[op][1]:.3g} {UNITS[op][0]})")
+    periodic = sorted({bool(fr.atoms.pbc.any()) for fr in frames})
+    data.info = {
+        "basis": basis, "basis_name": frames[0].basis.name or frames[0].settings.get("basis", ""),
+        "settings": _json_clean(frames[0].settings), "periodic": periodic[0] if len(periodic) == 1 else "mixed",
+        "split": split_names, "path": str(cfg.data.path),
+    }
+    return data
+
+
+def _setup_model(cfg: Config, data: _Data, state: Optional[dict]):
+    """(model, its constructor arguments, per-operator normalizers): restored from the
+    checkpoint, or new ones with normalization statistics from the training samples."""
+    t, m = cfg.train, cfg.model
+    with default_dtype(DTYPES[t.dtype]):
+        if state is not None:
+            model_args = state["model_args"]
+            model = build_model(model_args, state["dtype"])
+            model.load_state_dict(state["model"])
+        else:
+            torch.manual_seed(t.seed)
+            model_args = dict(
+                basis=data.basis, r_cut=m.r_cut, channels=m.channels, lmax=m.lmax, n_layers=m.n_layers,
+                num_radial=m.num_radial, latent_dim=m.latent_dim, mlp_hidden=m.mlp_hidden,
+                avg_num_neighbors=average_neighbors(data.train), res_alpha=m.res_alpha, operators=data.operators,
+                lem=m.lem, r_max=m.r_max if m.lem else None, lem_decay=m.lem_decay, envelope_p=m.envelope_p,
+            )
+            model = build_model(model_args, t.dtype)
+        normalizers = {op: OperatorNormalizer(data.basis) for op in data.operators}
+    for op, norm in normalizers.items():
+        if state is not None:
+            norm.load_state_dict(state["normalizers"][op])
+            continue
+        norm.fit(data.train, op)
+        if op == "overlap":
+            model.overlap.set_onsite(onsite_overlap_means(data.train, len(data.symbols)))
+        else:
+            head = model.head(op)
+            head.norm_node.set_statistics(norm.mu_node, norm.sigma_node)
+            head.norm_edge.set_statistics(norm.mu_edge, norm.sigma_edge)
+    return model, model_args, normalizers
+
+
 # ---------------------------------------------------------------------------------------------
 # the loop
 # ---------------------------------------------------------------------------------------------
@@ -282,91 +399,12 @@ def train(config: Config | str | os.PathLike, *, frames: Optional[Sequence[Frame
 
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
-    state = None
-    if resume:
-        state = load_checkpoint(last_path) if last_path.exists() else None
-        if state is None:
-            raise TrainingDataError(f"nothing to resume: {last_path} does not exist (train without --resume first)")
-        diffs = [d for d in config_differences(state["config"], cfg.to_dict()) if d[0] not in RESUMABLE_CHANGES]
-        if diffs:
-            listed = "; ".join(f"{k}: checkpoint {a!r}, config {b!r}" for k, a, b in diffs)
-            raise ConfigError(
-                f"cannot resume {last_path} with a different config ({listed}); only "
-                f"{', '.join(sorted(RESUMABLE_CHANGES))} may change. Start a new run in another output folder"
-            )
-    elif last_path.exists():
-        raise ConfigError(
-            f"{out_dir} already holds a training run ({last_path}); resume it with --resume or choose another output"
-        )
-
-    # ---- data
-    ops = list(cfg.data.operators)
-    if frames is None:
-        frames, names = load_frames(cfg.data.path, cfg.data.max_frames)
-    else:
-        frames = list(frames)[: cfg.data.max_frames] if cfg.data.max_frames else list(frames)
-        names = list(frame_names) if frame_names is not None else [f"frame {k}" for k in range(len(frames))]
-    check_frames(frames, names, ops)
-    basis = dataset_basis(frames, names)
-    if state is not None:
-        check_basis_matches(state["model_args"]["basis"], basis, "the dataset")
-        basis = {k: list(v) for k, v in state["model_args"]["basis"].items()}
-    symbols = list(basis)
-    tr_idx, va_idx, te_idx = split_indices(len(frames), cfg.data.split, cfg.data.split_seed, cfg.data.train_fraction)
-    split_names = {"train": [names[k] for k in tr_idx], "val": [names[k] for k in va_idx],
-                   "test": [names[k] for k in te_idx]}
-    if state is not None and state["dataset"]["split"] != split_names:
-        raise TrainingDataError(
-            "the dataset differs from the one this run was trained on (other frames in the train/val/test "
-            "split); resume with the same frames or start a new run"
-        )
-    dtype = DTYPES[t.dtype]
-    norb = {el: sum(2 * l + 1 for l in ls) for el, ls in basis.items()}
-    max_norb = max(norb.values())
+    state = _resume_state(cfg, resume, last_path)
+    data = _prepare_data(cfg, frames, frame_names, state, say)
+    model, model_args, normalizers = _setup_model(cfg, data, state)
+    ops, symbols, r_bond = data.operators, data.symbols, data.r_bond
+    train_s, val_s, test_s = data.train, data.val, data.test
     m = cfg.model
-    r_graph = m.r_max if m.lem else m.r_cut
-    r_bond = m.r_bond if m.r_bond is not None else m.r_cut
-    t0 = time.perf_counter()
-    samples = [make_sample(fr, nm, symbols, max_norb, r_graph, r_bond, ops, dtype) for fr, nm in zip(frames, names)]
-    train_s = [samples[k] for k in tr_idx]
-    val_s = [samples[k] for k in va_idx]
-    test_s = [samples[k] for k in te_idx]
-    say(f"{len(frames)} frames ({len(train_s)} train, {len(val_s)} validation, {len(test_s)} test), "
-        f"basis {basis}, graphs built in {time.perf_counter() - t0:.1f} s")
-    for op in ops:
-        unc = max(s.uncovered[op] for s in samples)
-        if unc > 0:
-            say(f"note: {op} blocks beyond r_bond = {r_bond} Å are not learned (largest element there "
-                f"{unc * UNITS[op][1]:.3g} {UNITS[op][0]})")
-
-    # ---- model, normalization, optimizer
-    with default_dtype(dtype):
-        if state is not None:
-            model = build_model(state["model_args"], state["dtype"])
-            model.load_state_dict(state["model"])
-            model_args = state["model_args"]
-        else:
-            torch.manual_seed(t.seed)
-            model_args = dict(
-                basis=basis, r_cut=m.r_cut, channels=m.channels, lmax=m.lmax, n_layers=m.n_layers,
-                num_radial=m.num_radial, latent_dim=m.latent_dim, mlp_hidden=m.mlp_hidden,
-                avg_num_neighbors=average_neighbors(train_s), res_alpha=m.res_alpha, operators=ops,
-                lem=m.lem, r_max=m.r_max if m.lem else None, lem_decay=m.lem_decay, envelope_p=m.envelope_p,
-            )
-            model = build_model(model_args, t.dtype)
-        normalizers = {op: OperatorNormalizer(basis) for op in ops}
-    if state is not None:
-        for op, norm in normalizers.items():
-            norm.load_state_dict(state["normalizers"][op])
-    else:
-        for op, norm in normalizers.items():
-            norm.fit(train_s, op)
-            if op == "overlap":
-                model.overlap.set_onsite(onsite_overlap_means(train_s, len(symbols)))
-            else:
-                head = model.head(op)
-                head.norm_node.set_statistics(norm.mu_node, norm.sigma_node)
-                head.norm_edge.set_statistics(norm.mu_edge, norm.sigma_edge)
     n_params = sum(p.numel() for p in model.parameters())
     weights = {op: float(t.operator_weights.get(op, 1.0)) for op in ops}
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
@@ -381,15 +419,8 @@ def train(config: Config | str | os.PathLike, *, frames: Optional[Sequence[Frame
         set_rng_state(state["rng"])
         start, best_train, best_val = int(state["step"]), float(state["best_train_loss"]), float(state["best_val_loss"])
         metrics = state.get("metrics", metrics)
-        if start > t.steps:
-            raise ConfigError(f"{last_path} is at step {start}, beyond train.steps = {t.steps}; raise train.steps to resume")
         say(f"resuming {last_path} at step {start}")
-    periodic = sorted({bool(fr.atoms.pbc.any()) for fr in frames})
-    dataset_info = {
-        "basis": basis, "basis_name": frames[0].basis.name or frames[0].settings.get("basis", ""),
-        "settings": _json_clean(frames[0].settings), "periodic": periodic[0] if len(periodic) == 1 else "mixed",
-        "split": split_names, "path": str(cfg.data.path),
-    }
+    dataset_info = data.info
     say(f"model: {'LEM' if m.lem else 'SLEM'} with {n_params} parameters, {t.dtype}, "
         f"N_avg = {model_args['avg_num_neighbors']:.2f}, predicts {', '.join(ops)}")
 
