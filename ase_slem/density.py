@@ -630,7 +630,8 @@ def density_on_plane(
     resolution: float = 0.05,
     order: int = 1,
 ) -> PlaneSlice:
-    """Interpolate a grid function onto the plane ``{p : (p - origin) . n_hat = offset}``.
+    """Interpolate a grid function onto the plane ``{p : p . n_hat = offset}`` (Cartesian, Å;
+    ``offset=0`` passes through the Cartesian origin, e.g. through an atom at 0).
 
     ``rho`` is an (nx, ny, nz) array with its ``box`` (or a :class:`DensityGrid`, whose box,
     origin and periodicity are used).  The plane is given by Miller indices ``plane`` relative
@@ -668,7 +669,7 @@ def density_on_plane(
     e1 = proj[best] / lens[best]
     e2 = np.cross(nhat, e1)
     box_center = origin + 0.5 * box.sum(axis=0)
-    center = box_center + (offset - (box_center - origin) @ nhat) * nhat
+    center = box_center + (offset - box_center @ nhat) * nhat
     if extent is None:
         corners = np.array([[a, b, c] for a in (0, 1) for b in (0, 1) for c in (0, 1)]) @ box + origin - center
         ext_u = 2 * np.abs(corners @ e1).max()

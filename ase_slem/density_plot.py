@@ -41,7 +41,7 @@ def plot_density_slice(
         the grid (nx, ny, nz) per Å^3 and its box (3, 3) Å, or a
         :class:`~ase_slem.density.DensityGrid` alone (box, origin and periodicity from it).
     plane, normal, offset:
-        the plane ``(p - origin) . n_hat = offset`` (Å), with ``n`` from Miller indices
+        the plane ``p . n_hat = offset`` (Cartesian, Å), with ``n`` from Miller indices
         ``plane`` relative to the box (``"(110)"``) or a Cartesian ``normal``.
     extent, resolution:
         window size (Å; default: the box's projection) and sampling step (Å).
@@ -49,12 +49,12 @@ def plot_density_slice(
         if given, atoms within ``atom_distance`` Å of the plane (and their periodic images for
         periodic grids) are marked with their symbols.
     levels, log, cmap, unit:
-        contour levels (count or values), log10 color scale, colormap, colorbar unit label.
+        contour levels (count or values), log10 of the density (4 decades below the peak),
+        colormap, colorbar unit label.
     ax:
         an existing Axes to draw into (a new figure otherwise).
     """
     import matplotlib.pyplot as plt
-    from matplotlib import colors
 
     if isinstance(rho, DensityGrid):
         periodic = rho.periodic if periodic is None else periodic
@@ -65,16 +65,14 @@ def plot_density_slice(
     if ax is None:
         _, ax = plt.subplots(figsize=(5.5, 4.5))
     vals = sl.values.T  # rows = v, columns = u
-    norm = None
+    label = f"density ({unit})"
     if log:
-        positive = vals[vals > 0]
-        floor = positive.max() * 1e-4 if positive.size else 1e-12
-        vals = np.maximum(vals, floor)
-        norm = colors.LogNorm(vmin=vals.min(), vmax=vals.max())
-        if np.ndim(levels) == 0:
-            levels = np.geomspace(vals.min(), vals.max(), int(levels))
-    cs = ax.contourf(sl.u, sl.v, vals, levels=levels, cmap=cmap, norm=norm)
-    ax.figure.colorbar(cs, ax=ax, label=f"density ({unit})")
+        peak = vals.max()
+        floor = peak * 1e-4 if peak > 0 else 1e-12
+        vals = np.log10(np.maximum(vals, floor))
+        label = f"log10 density ({unit})"
+    cs = ax.contourf(sl.u, sl.v, vals, levels=levels, cmap=cmap)
+    ax.figure.colorbar(cs, ax=ax, label=label)
     if atoms is not None:
         _mark_atoms(ax, sl, atoms, atom_distance, bool(periodic) if periodic is not None else True)
     ax.set_aspect("equal")
