@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ase import Atoms
 from ase.build import bulk, make_supercell, molecule
 from ase.units import Bohr
 
