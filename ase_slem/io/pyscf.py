@@ -523,7 +523,11 @@ def periodic_operators(
         Gamma-centred SCF mesh.
     dense_kmesh:
         if given, the Fock matrix is rebuilt on this Gamma-centred mesh from the density
-        converged on ``kmesh``; see :func:`operators_from_krks`.
+        converged on ``kmesh``; see :func:`operators_from_krks`.  Without it the operators are
+        exact only at the SCF mesh points.  Measured for 2-atom Si with gth-dzvp-molopt-sr
+        (10 random k, 8 lowest bands, vs ``get_bands`` of the same SCF): SCF-mesh 4x4x4 alone
+        21 meV mean / 170 meV max off the mesh (3x3x3: S(k) not even positive definite);
+        dense 5x5x5 0.2 / 1.2 meV; dense 6x6x6 0.001 / 0.006 meV.
     density_fit:
         Gaussian density fitting (GDF) instead of PySCF's default FFT density fitting.
     ke_cutoff:
