@@ -262,3 +262,16 @@ def test_kpoint_symmetry_scf_gives_the_same_operators():
     ref = np.asarray(mf_sym.get_bands(mf_sym.cell.get_abs_kpts(kf))[0]) * Hartree
     e = band_energies(dense_sym.operators["hamiltonian"], dense_sym.operators["overlap"], kf)
     np.testing.assert_allclose(e, ref, rtol=0, atol=1e-6)
+
+
+def test_pyscf_frame_round_trips_through_the_dataset(tmp_path, silicon):
+    from ase_slem.io import dataset, read_operators
+
+    atoms, frame, mf = silicon
+    path = dataset.write_frame(tmp_path / "si", frame)
+    back = dataset.read_frame(path)
+    assert back.settings["basis"] == "gth-szv" and back.settings["kmesh"] == [2, 2, 2]
+    assert back.results["nelectron"] == 8 and back.basis == frame.basis
+    _, ops = read_operators(path)
+    for name, op in frame.operators.items():
+        assert ops[name].max_abs_difference(op) < 1e-12
