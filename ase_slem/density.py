@@ -287,6 +287,7 @@ def _evaluator(atoms: Atoms, radial: RadialBasis, tolerance: float | None) -> Or
 def _banded_quadratic_form(phi: np.ndarray, m: np.ndarray, col_start: np.ndarray, nonzero: np.ndarray,
                            tile: int | None = None) -> np.ndarray:
     """``rowsum((phi @ m) * phi)`` for symmetric ``m`` made of image blocks, skipping zero tiles.
+    ``m`` is overwritten (scratch).
 
     Images (column groups ``col_start[k]:col_start[k+1]``) are taken ``tile`` at a time; with
     m symmetric, rho = sum_I rowsum(phi_I * (phi_I m_II + 2 sum_{J>I} phi_J m_JI)), and for
@@ -298,20 +299,16 @@ def _banded_quadratic_form(phi: np.ndarray, m: np.ndarray, col_start: np.ndarray
     tile = TILE_IMAGES if tile is None else tile
     starts = np.arange(0, n, tile)
     stops = np.minimum(starts + tile, n)
-    # last image column block with a non-zero block, per tile (from the tile's own start)
-    tile_of = np.repeat(np.arange(len(starts)), stops - starts)
-    any_per_tile = np.zeros((len(starts), n), dtype=bool)
-    np.logical_or.at(any_per_tile, tile_of, nonzero)
+    any_per_tile = np.logical_or.reduceat(nonzero, starts, axis=0)  # (ntiles, n)
     out = np.zeros(phi.shape[0])
     for t, (s, e) in enumerate(zip(starts, stops)):
-        hits = np.flatnonzero(any_per_tile[t, s:]) + s
+        hits = np.flatnonzero(any_per_tile[t, s:])
         if len(hits) == 0:
             continue
-        last = max(int(hits[-1]) + 1, e)
+        last = max(int(hits[-1]) + s + 1, e)
         c0, c1, c2 = col_start[s], col_start[e], col_start[last]
-        b = m[c0:c2, c0:c1].copy()
-        b[c1 - c0 :] *= 2.0
-        out += np.einsum("pa,pa->p", phi[:, c0:c2] @ b, phi[:, c0:c1])
+        m[c1:c2, c0:c1] *= 2.0  # m is a scratch copy: columns c0:c1 serve tile t only
+        out += np.einsum("pa,pa->p", phi[:, c0:c2] @ m[c0:c2, c0:c1], phi[:, c0:c1])
     return out
 
 
