@@ -23,13 +23,13 @@ SLEM predicts operators, not total energies: ``get_potential_energy``, forces an
 from __future__ import annotations
 
 import warnings
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
-from .model_file import LoadedModel, ModelFileError, check_elements, load_model, predict
+from .model_file import LoadedModel, check_elements, load_model, predict
 from .operators import RealSpaceOperator
 from .solvers import band_energies
 

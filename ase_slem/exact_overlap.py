@@ -10,7 +10,7 @@ atoms' orbital cutoffs (where their radial envelopes fall below ``tolerance`` of
 How: the pairs come from ``ase.neighborlist.neighbor_list`` with per-atom cutoffs; centre atoms
 are taken in chunks, and for each chunk one PySCF ``gto.intor_cross('int1e_ovlp', A, B)`` gives
 the overlaps between the chunk's atoms (A) and all lattice images its pairs reach (B).  Blocks
-are cut out, converted from PySCF's orbital order to ours (``convention="pyscf"``) and packed
+are gathered per element pair, converted from PySCF's orbital order to ours (``convention="pyscf"``) and packed
 into a :class:`~ase_slem.operators.RealSpaceOperator` (one triangle).  Memory is bounded by the
 chunk (``chunk`` centre atoms).
 
@@ -78,7 +78,7 @@ def exact_overlap(
     *,
     tolerance: float = 1e-8,
     drop_below: float = 0.0,
-    chunk: int = 64,
+    chunk: int = 16,
     basis: Basis | None = None,
 ) -> RealSpaceOperator:
     """Exact overlap S(R) of ``atoms`` in the Gaussian basis ``radial``, in our orbital order.
@@ -141,17 +141,25 @@ def exact_overlap(
         mol_a = _mole(syms[centres], pos[centres], pyscf_basis)
         mol_b = _mole(syms[partners[:, 0]], pos[partners[:, 0]] + partners[:, 1:] @ cell, pyscf_basis)
         s_ab = gto.intor_cross("int1e_ovlp", mol_a, mol_b)
-        off_a = np.concatenate([[0], np.cumsum(counts[centres])])
-        off_b = np.concatenate([[0], np.cumsum(counts[partners[:, 0]])])
-        for p, q in zip(sel, inverse):
-            a, b = i[p] - centres[0], j[p]
-            blk = s_ab[off_a[a]:off_a[a + 1], off_b[q]:off_b[q + 1]]
-            if drop_below and np.abs(blk).max() <= drop_below:
-                continue
-            blocks.append(conv[symbols[i[p]]] @ blk @ conv[symbols[b]].T)
-            bi.append(i[p])
-            bj.append(b)
-            bR.append(S[p])
-    return RealSpaceOperator.from_blocks(counts, np.array(bi, np.int64), np.array(bj, np.int64),
-                                         np.array(bR, np.int64).reshape(-1, 3), blocks, periodic=periodic,
-                                         name="overlap", basis=bas, symbols=symbols)
+        off_a = np.concatenate([[0], np.cumsum(counts[centres])])[i[sel] - centres[0]]
+        off_b = np.concatenate([[0], np.cumsum(counts[partners[:, 0]])])[inverse]
+        # one gather and one basis rotation per element pair
+        pair_key = np.char.add(np.char.add(syms[i[sel]], "|"), syms[j[sel]])
+        for key in np.unique(pair_key):
+            g = np.flatnonzero(pair_key == key)
+            el_i, el_j = key.split("|")
+            na, nb = counts[i[sel[g[0]]]], counts[j[sel[g[0]]]]
+            rows = off_a[g][:, None, None] + np.arange(na)[None, :, None]
+            cols = off_b[g][:, None, None] + np.arange(nb)[None, None, :]
+            blk = conv[el_i] @ s_ab[rows, cols] @ conv[el_j].T
+            if drop_below:
+                big = np.abs(blk).max(axis=(1, 2)) > drop_below
+                blk, g = blk[big], g[big]
+            blocks.extend(blk)
+            bi.append(i[sel[g]])
+            bj.append(j[sel[g]])
+            bR.append(S[sel[g]])
+    cat = lambda xs, shape: np.concatenate(xs) if xs else np.zeros(shape, np.int64)  # noqa: E731
+    # blocks are already in the canonical triangle, and onsite blocks are symmetric integrals
+    return RealSpaceOperator._pack(counts, cat(bi, 0), cat(bj, 0), cat(bR, (0, 3)), blocks, periodic=periodic,
+                                   name="overlap", basis=bas, symbols=symbols)

@@ -22,7 +22,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 from ase.build import bulk
 
 MODEL = Path(__file__).resolve().parents[1] / "models" / "si_pbe_dzvp.pt"
