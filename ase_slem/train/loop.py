@@ -330,6 +330,16 @@ def _prepare_data(cfg: Config, frames, frame_names, state: Optional[dict], say) 
     return data
 
 
+def _start_small(mlp: torch.nn.Module, scale: float = 0.01) -> None:
+    """Shrink the last linear layer of ``mlp``: the SK overlap head then starts near S = 0
+    instead of O(1) values, whose normalized errors (targets ~0.1) would swamp the early loss."""
+    last = [mod for mod in mlp.modules() if isinstance(mod, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.mul_(scale)
+        if last.bias is not None:
+            last.bias.zero_()
+
+
 def _setup_model(cfg: Config, data: _Data, state: Optional[dict]):
     """(model, its constructor arguments, per-operator normalizers): restored from the
     checkpoint, or new ones with normalization statistics from the training samples."""
@@ -356,6 +366,7 @@ def _setup_model(cfg: Config, data: _Data, state: Optional[dict]):
         norm.fit(data.train, op)
         if op == "overlap":
             model.overlap.set_onsite(onsite_overlap_means(data.train, len(data.symbols)))
+            _start_small(model.overlap.mlp)
         else:
             head = model.head(op)
             head.norm_node.set_statistics(norm.mu_node, norm.sigma_node)
