@@ -461,9 +461,7 @@ def train(config: Config | str | os.PathLike, *, frames: Optional[Sequence[Frame
     val_loss = math.nan
     model.train()
     try:
-        for s in range(start, t.steps + 1):
-            if s == t.steps:
-                break
+        for s in range(start, t.steps):
             epoch, pos = divmod(s, per_epoch)
             perm = np.random.default_rng([t.seed, epoch]).permutation(n_train)
             batch = collate([train_s[k] for k in perm[pos * bs : (pos + 1) * bs]])
