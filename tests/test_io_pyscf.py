@@ -275,3 +275,26 @@ def test_pyscf_frame_round_trips_through_the_dataset(tmp_path, silicon):
     _, ops = read_operators(path)
     for name, op in frame.operators.items():
         assert ops[name].max_abs_difference(op) < 1e-12
+
+
+def test_shifted_scf_mesh_needs_and_feeds_a_dense_mesh():
+    atoms = bulk("Si", "diamond", a=5.43)
+    atoms.rattle(0.03, seed=2)
+    with pytest.raises(PySCFInputError, match="shifted off Gamma.*dense_kmesh"):
+        periodic_operators(atoms, mesh_shift=True, **SI_FAST)
+
+
+def test_shifted_scf_mesh_dense_operators_match_get_bands():
+    from ase_slem.io.pyscf import run_krks
+
+    atoms = bulk("Si", "diamond", a=5.43)
+    atoms.rattle(0.03, seed=2)
+    kw = {k: v for k, v in SI_FAST.items() if k not in ("xc", "basis", "pseudo", "kmesh")}
+    mf = run_krks(atoms, "pbe", "gth-szv", "gth-pade", (2, 2, 2), mesh_shift=True, **kw)
+    assert np.allclose(mf.cell.get_scaled_kpts(mf.kpts)[0], 0.25)
+    frame = operators_from_krks(mf, atoms, dense_kmesh=(3, 3, 3))
+    assert frame.settings["kmesh_shifted"] and frame.settings["kmesh"] == [2, 2, 2]
+    kf = gamma_centred_mesh((3, 3, 3))[:4]
+    ref = np.asarray(mf.get_bands(mf.cell.get_abs_kpts(kf))[0]) * Hartree
+    e = band_energies(frame.operators["hamiltonian"], frame.operators["overlap"], kf)
+    np.testing.assert_allclose(e, ref, rtol=0, atol=1e-6)

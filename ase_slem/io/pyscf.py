@@ -255,6 +255,13 @@ def _mesh_tuple(kmesh) -> tuple[int, int, int]:
     return n
 
 
+def _mesh_size(kfrac: np.ndarray) -> tuple[tuple[int, int, int], bool]:
+    """Points per axis of a uniform mesh (distinct k_i mod 1) and whether it misses Gamma."""
+    k = np.round(np.asarray(kfrac, dtype=float) % 1.0, 8) % 1.0
+    n = tuple(len(np.unique(col)) for col in k.T)
+    return n, not bool(np.any(np.all(np.abs(k) < 1e-8, axis=1)))
+
+
 def _grid_indices(kfrac: np.ndarray, kmesh=None) -> tuple[tuple[int, int, int], np.ndarray]:
     """Mesh size and integer grid index (N, 3) of each fractional k of a Gamma-centred mesh."""
     k = np.asarray(kfrac, dtype=float)
@@ -464,10 +471,14 @@ def run_krks(
     ke_cutoff: float | None = None,
     conv_tol: float = 1e-9,
     kpoint_symmetry: bool = False,
+    mesh_shift: bool = False,
     verbose: int = 0,
 ):
-    """Converged PySCF KRKS mean-field object on a Gamma-centred ``kmesh`` (see :func:`periodic_operators`).
+    """Converged PySCF KRKS mean-field object on a ``kmesh`` (see :func:`periodic_operators`).
 
+    The mesh is Gamma-centred, or with ``mesh_shift`` a Monkhorst–Pack mesh (half a step off
+    Gamma along even axes), which converges the density faster for a given number of points;
+    operators then need a (Gamma-centred) ``dense_kmesh`` in :func:`operators_from_krks`.
     ``kpoint_symmetry`` runs the SCF on the irreducible k-points only (space group + time
     reversal, PySCF's ``KsymAdaptedKRKS``); a rattled structure keeps time reversal, which
     nearly halves the mesh.
@@ -475,13 +486,15 @@ def run_krks(
     from pyscf.pbc import dft
 
     n = _mesh_tuple(kmesh)
+    shift = np.array([0.5 / x if (mesh_shift and x % 2 == 0) else 0.0 for x in n])
     if kpoint_symmetry:
         cell = atoms_to_cell(atoms, basis, pseudo, ke_cutoff=ke_cutoff, verbose=verbose,
                              space_group_symmetry=True, symmorphic=False)
-        kpts = cell.make_kpts(n, with_gamma_point=True, space_group_symmetry=True, time_reversal_symmetry=True)
+        kpts = cell.make_kpts(n, with_gamma_point=not mesh_shift, space_group_symmetry=True,
+                              time_reversal_symmetry=True)
     else:
         cell = atoms_to_cell(atoms, basis, pseudo, ke_cutoff=ke_cutoff, verbose=verbose)
-        kpts = cell.get_abs_kpts(gamma_centred_mesh(n))
+        kpts = cell.get_abs_kpts(gamma_centred_mesh(n) + shift)
     mf = dft.KRKS(cell, kpts)
     mf.xc = xc
     mf.conv_tol = conv_tol
@@ -504,6 +517,7 @@ def periodic_operators(
     ke_cutoff: float | None = None,
     conv_tol: float = 1e-9,
     kpoint_symmetry: bool = False,
+    mesh_shift: bool = False,
     time_reversal: bool = True,
     drop_below: float = 0.0,
     max_distance: float | None = None,
@@ -532,8 +546,9 @@ def periodic_operators(
         Gaussian density fitting (GDF) instead of PySCF's default FFT density fitting.
     ke_cutoff:
         plane-wave kinetic-energy cutoff of the real-space grid (Hartree); default PySCF's.
-    kpoint_symmetry:
-        SCF on the irreducible k-points only (see :func:`run_krks`).
+    kpoint_symmetry, mesh_shift:
+        SCF on the irreducible k-points only; Monkhorst–Pack instead of Gamma-centred SCF
+        mesh (needs ``dense_kmesh``); see :func:`run_krks`.
     time_reversal, drop_below, max_distance:
         see :func:`operators_from_krks`.
     return_mf:
@@ -543,9 +558,14 @@ def periodic_operators(
     -------
     :class:`~ase_slem.io.dataset.Frame` (and the mean-field object if ``return_mf``).
     """
+    if mesh_shift and dense_kmesh is None and any(x % 2 == 0 for x in _mesh_tuple(kmesh)):
+        raise PySCFInputError(
+            "the SCF mesh is shifted off Gamma; real-space operators need a Gamma-centred mesh: "
+            "pass dense_kmesh (e.g. (6, 6, 6))"
+        )
     t0 = time.perf_counter()
     mf = run_krks(atoms, xc, basis, pseudo, kmesh, density_fit=density_fit, ke_cutoff=ke_cutoff,
-                  conv_tol=conv_tol, kpoint_symmetry=kpoint_symmetry, verbose=verbose)
+                  conv_tol=conv_tol, kpoint_symmetry=kpoint_symmetry, mesh_shift=mesh_shift, verbose=verbose)
     t_scf = time.perf_counter() - t0
     frame = operators_from_krks(mf, atoms, dense_kmesh=dense_kmesh, time_reversal=time_reversal,
                                 drop_below=drop_below, max_distance=max_distance)
@@ -586,9 +606,14 @@ def operators_from_krks(
     nelec = int(cell.nelectron)
     kobj = mf.kpts if hasattr(mf.kpts, "kpts_ibz") else None  # k-point symmetry (IBZ only)
     kpts_full = kobj.kpts if kobj is not None else np.asarray(mf.kpts)
-    n_scf, _ = _grid_indices(cell.get_scaled_kpts(kpts_full))
+    n_scf, scf_shifted = _mesh_size(cell.get_scaled_kpts(kpts_full))
     t0 = time.perf_counter()
     if dense_kmesh is None:
+        if scf_shifted:
+            raise PySCFInputError(
+                "the SCF mesh is shifted off Gamma; real-space operators need a Gamma-centred mesh: "
+                "pass dense_kmesh (e.g. (6, 6, 6))"
+            )
         n_used = n_scf
         kf_used = cell.get_scaled_kpts(kpts_full)
         s_k = np.asarray(cell.pbc_intor("int1e_ovlp", hermi=1, kpts=kpts_full))
@@ -665,6 +690,7 @@ def operators_from_krks(
         "pseudo": pseudo if (pseudo is None or isinstance(pseudo, str)) else repr(pseudo),
         "kmesh": list(n_scf),
         "kpoint_symmetry": kobj is not None,
+        "kmesh_shifted": scf_shifted,
         "dense_kmesh": None if dense_kmesh is None else list(n_used),
         "density_fit": type(mf.with_df).__name__ != "FFTDF",
         "ke_cutoff": None if getattr(cell, "ke_cutoff", None) is None else float(cell.ke_cutoff),
