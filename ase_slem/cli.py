@@ -5,6 +5,7 @@
     ase-slem formats                        # the DFT layouts that can be read
     ase-slem train CONFIG [--resume]        # train a SLEM model (configs/*.yaml)
     ase-slem export CHECKPOINT -o models/NAME.pt   # TorchScript model file with metadata
+    ase-slem data pyscf STRUCTURES --settings S.yaml --out DATASET   # training frames from PySCF
 
 Each verb writes its picture and the numbers beside it (JSON, and CSV for bands).  Errors are
 one line on stderr with a non-zero exit status.
@@ -162,6 +163,33 @@ def cmd_export(args) -> None:
           f"species {', '.join(meta['species'])}, predicts {', '.join(meta['operators'])})")
 
 
+def cmd_data_pyscf(args) -> None:
+    from ase.io import read
+
+    from .io.generate import SettingsError, generate_dataset, load_settings
+
+    if not Path(args.structures).is_file():
+        raise CommandError(f"{args.structures}: no such structure file")
+    try:
+        settings = load_settings(args.settings)
+        structures = read(args.structures, index=":")
+    except SettingsError as err:
+        raise CommandError(str(err)) from None
+    except Exception as err:  # ase.io's many reader errors
+        raise CommandError(f"{args.structures}: ase cannot read it ({type(err).__name__}: {err})") from None
+    try:
+        report = generate_dataset(structures, settings, args.out, workers=args.workers,
+                                  threads_per_worker=args.threads, progress=not args.no_progress)
+    except SettingsError as err:
+        raise CommandError(str(err)) from None
+    except KeyboardInterrupt:
+        raise CommandError("interrupted; finished frames are kept: run the same command again to continue") from None
+    print(f"{args.out}: {len(report.written)} frames written, {len(report.skipped)} already there, "
+          f"{len(report.failed)} failed (see failed.jsonl), {report.seconds:.0f} s")
+    if report.failed:
+        raise CommandError(f"{len(report.failed)} frame(s) failed: {', '.join(map(str, report.failed[:10]))}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ase-slem",
@@ -206,6 +234,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--name", help="model name in the metadata (default: the config's name)")
     e.add_argument("--raw-weights", action="store_true", help="export the raw weights instead of their moving average")
     e.set_defaults(func=cmd_export)
+
+    dat = sub.add_parser("data", help="make training data: DFT frames for a list of structures")
+    dsub = dat.add_subparsers(dest="source", metavar="SOURCE", required=True)
+    dp = dsub.add_parser("pyscf", help="run PySCF (RKS for molecules, KRKS for crystals) on every structure",
+                         description="One frame per structure (H, S, D in the DeePTB layout), resumable: frames "
+                                     "already in DATASET are skipped; run the same command again after an interruption.")
+    dp.add_argument("structures", help="structures in any format ase.io.read understands (all images are used)")
+    dp.add_argument("--settings", required=True, help="DFT settings (.yaml/.toml), e.g. configs/data/si_pbe_dzvp.yaml")
+    dp.add_argument("--out", required=True, help="dataset folder to fill (frame.NNNNNN per structure)")
+    dp.add_argument("--workers", type=int, default=1, help="frames computed in parallel processes (default 1)")
+    dp.add_argument("--threads", type=int, help="threads per process (default: cores / workers)")
+    dp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    dp.set_defaults(func=cmd_data_pyscf)
     return p
 
 

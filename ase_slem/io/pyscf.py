@@ -137,6 +137,7 @@ def molecular_operators(
     density_fit: bool = False,
     verbose: int = 0,
     return_mf: bool = False,
+    scf_options: dict | None = None,
 ):
     """Restricted Kohn–Sham H (eV), S and spin-summed D of a closed-shell molecule.
 
@@ -151,6 +152,8 @@ def molecular_operators(
         PySCF DFT grid level (default: PySCF's).
     return_mf:
         also return the converged PySCF ``RKS`` object.
+    scf_options:
+        attributes set on the SCF object before it runs (e.g. ``{"damp": 0.5, "level_shift": 0.2}``).
 
     Returns
     -------
@@ -183,6 +186,7 @@ def molecular_operators(
         mf.grids.level = grids_level
     if density_fit:
         mf = mf.density_fit()
+    _apply_scf_options(mf, scf_options)
     mf.kernel()
     t_scf = time.perf_counter() - t0
 
@@ -473,6 +477,7 @@ def run_krks(
     kpoint_symmetry: bool = False,
     mesh_shift: bool = False,
     verbose: int = 0,
+    scf_options: dict | None = None,
 ):
     """Converged PySCF KRKS mean-field object on a ``kmesh`` (see :func:`periodic_operators`).
 
@@ -501,8 +506,16 @@ def run_krks(
     mf.verbose = verbose
     if density_fit:
         mf = mf.density_fit()
+    _apply_scf_options(mf, scf_options)
     mf.kernel()
     return mf
+
+
+def _apply_scf_options(mf, options: dict | None) -> None:
+    for key, value in (options or {}).items():
+        if not hasattr(mf, key):
+            raise PySCFInputError(f"unknown SCF option {key!r} for {type(mf).__name__}")
+        setattr(mf, key, value)
 
 
 def periodic_operators(
@@ -523,6 +536,7 @@ def periodic_operators(
     max_distance: float | None = None,
     verbose: int = 0,
     return_mf: bool = False,
+    scf_options: dict | None = None,
 ):
     """Kohn–Sham H(R) (eV), S(R), D(R) of a crystal from a PySCF KRKS calculation.
 
@@ -553,6 +567,8 @@ def periodic_operators(
         see :func:`operators_from_krks`.
     return_mf:
         also return the PySCF mean-field object (for reference band calculations).
+    scf_options:
+        attributes set on the SCF object (damping, level shift ...), see :func:`run_krks`.
 
     Returns
     -------
@@ -565,7 +581,8 @@ def periodic_operators(
         )
     t0 = time.perf_counter()
     mf = run_krks(atoms, xc, basis, pseudo, kmesh, density_fit=density_fit, ke_cutoff=ke_cutoff,
-                  conv_tol=conv_tol, kpoint_symmetry=kpoint_symmetry, mesh_shift=mesh_shift, verbose=verbose)
+                  conv_tol=conv_tol, kpoint_symmetry=kpoint_symmetry, mesh_shift=mesh_shift, verbose=verbose,
+                  scf_options=scf_options)
     t_scf = time.perf_counter() - t0
     frame = operators_from_krks(mf, atoms, dense_kmesh=dense_kmesh, time_reversal=time_reversal,
                                 drop_below=drop_below, max_distance=max_distance)
@@ -721,3 +738,52 @@ def _aufbau_occupations(e_k: np.ndarray, nelectron: int) -> np.ndarray:
     occ = np.zeros(e_k.size)
     occ[order[: total // 2]] = 2.0
     return occ.reshape(e_k.shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# molecular equilibrium geometry and Hessian (for normal-mode sampling of training sets)
+# ---------------------------------------------------------------------------------------------
+def molecular_minimum(atoms: Atoms, xc: str = "pbe", basis: str | dict = "def2-svp", *, fmax: float = 0.005,
+                      steps: int = 200, charge: int = 0) -> tuple[Atoms, np.ndarray]:
+    """RKS equilibrium geometry and its Cartesian Hessian.
+
+    The geometry is relaxed with ASE's BFGS on PySCF analytic RKS forces until the largest
+    force is below ``fmax`` (eV/Å); then PySCF's analytic RKS Hessian is evaluated there.
+
+    Returns
+    -------
+    ``(atoms_min, hessian)`` with the Hessian (3N, 3N) in eV/Å^2 (atom-major, x/y/z inner).
+    """
+    from ase.calculators.calculator import Calculator, all_changes
+    from ase.optimize import BFGS
+    from pyscf import dft
+
+    def build(a):
+        mf = dft.RKS(atoms_to_mole(a, basis, charge=charge))
+        mf.xc = xc
+        mf.conv_tol = 1e-11
+        mf.verbose = 0
+        return mf
+
+    class _Forces(Calculator):
+        implemented_properties = ["energy", "forces"]
+
+        def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+            super().calculate(atoms, properties, system_changes)
+            mf = build(self.atoms)
+            e = mf.kernel()
+            g = mf.nuc_grad_method().kernel()
+            self.results = {"energy": e * Hartree, "forces": -np.asarray(g) * Hartree / Bohr}
+
+    work = atoms.copy()
+    work.calc = _Forces()
+    opt = BFGS(work, logfile=None)
+    if not opt.run(fmax=fmax, steps=steps):
+        raise RuntimeError(f"geometry optimization did not reach fmax={fmax} eV/Å in {steps} steps")
+    relaxed = Atoms(work.get_chemical_symbols(), positions=work.positions)
+    mf = build(relaxed)
+    mf.kernel()
+    h = np.asarray(mf.Hessian().kernel())  # (N, N, 3, 3) Hartree/Bohr^2
+    n = len(relaxed)
+    hess = h.transpose(0, 2, 1, 3).reshape(3 * n, 3 * n) * Hartree / Bohr ** 2
+    return relaxed, 0.5 * (hess + hess.T)
