@@ -121,6 +121,7 @@ def build_metadata(state: Dict[str, Any], name: Optional[str] = None, use_ema: b
         "network": {"type": "LEM" if lem else "SLEM", "args": args, "weights": "EMA" if use_ema else "raw",
                     "n_parameters": int(state.get("n_parameters", 0))},
         "training": {"steps": int(state["step"]), "frames": {k: len(v) for k, v in ds.get("split", {}).items()},
+                     "split": {k: list(v) for k, v in ds.get("split", {}).items()}, "dataset": ds.get("path"),
                      "config": cfg},
         "metrics": state.get("metrics", {}),
         "inputs": "forward(positions (N,3) Angstrom, species (N,) int64 index into 'species', edge_index (2,E) "

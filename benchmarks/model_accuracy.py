@@ -1,0 +1,174 @@
+"""Accuracy of an exported model on its held-out frames: block MAE, bands / orbital energies.
+
+    python benchmarks/model_accuracy.py models/si_pbe_dzvp.pt --data ../data/si_pbe_dzvp
+    python benchmarks/model_accuracy.py models/water_pbe_svp.pt --data ../data/water_pbe_svp --json acc.json
+
+The test frames are the ones the model file records as its test split (``training.split.test``
+in the metadata, the frames training never saw); ``--split val`` or ``--frames frame.000003 ...``
+choose others.  Reported, against the DFT operators of those frames:
+
+* MAE of H (meV), S and D per block type, over the blocks the model predicts (onsite and
+  bonds up to r_bond), as during training;
+* crystals: band energies of (H_pred, S_pred) against (H_DFT, S_DFT) on the seekpath path
+  (80 points) plus 20 random k of each test cell; bands compared: the valence bands and the 4
+  lowest conduction bands; also with the exact overlap (``overlap="exact"``) instead of the
+  predicted one, and the error of the DFT bands when H, S are cut at the model's r_bond
+  (what a perfect model of this range would still miss);
+* molecules: orbital energies HOMO-4 .. LUMO+2 and all occupied ones;
+* electrons: Tr(D_pred S_pred) against the DFT electron count.
+
+Prints a Markdown table (for the model card) and writes the numbers as JSON with ``--json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _blocks_within(op, atoms, r: float):
+    """``op`` with the blocks of atom pairs farther than ``r`` Å apart set to zero."""
+    pos, cell = atoms.positions, np.asarray(atoms.cell[:])
+    keep = (np.linalg.norm(pos[op.j] + op.R @ cell - pos[op.i], axis=1) <= r + 1e-8).astype(float)
+    return op.map_blocks(lambda data, g: data * keep[g.start:g.stop, None, None])
+
+
+def block_mae(model, frames, names):
+    import torch
+
+    from ase_slem.train.data import make_sample
+    from ase_slem.train.metrics import MAEAccumulator
+
+    acc = MAEAccumulator(model.symbols, model.module.orbital_mask)
+    for frame, name in zip(frames, names):
+        s = make_sample(frame, name, model.symbols, model.max_norb, model.r_graph, model.r_bond,
+                        model.operators, model.torch_dtype)
+        with torch.no_grad():
+            out = model.module(*s.inputs())
+        bi = s.species.index_select(0, s.bond_i)
+        bj = s.species.index_select(0, s.bond_j)
+        for op in model.operators:
+            t_on, t_b = s.targets[op]
+            acc.add(op, out[op + "_onsite"], t_on, s.species, out[op + "_bond"], t_b, bi, bj)
+    return acc.result()
+
+
+def band_errors(model_path, frames, n_extra: int = 4, npath: int = 80, nrandom: int = 20, seed: int = 0):
+    from ase_slem import SLEMCalculator, band_energies
+    from ase_slem.bands import band_path
+    from ase_slem.model_file import load_model
+
+    r_bond = load_model(model_path).r_bond
+    calc = SLEMCalculator(str(model_path))
+    calc_x = SLEMCalculator(str(model_path), overlap="exact")
+    rng = np.random.default_rng(seed)
+    err, err_x, err_cut = [], [], []
+    for fr in frames:
+        atoms = fr.atoms
+        nval = int(round(fr.results.get("nelectron") or calc.get_number_of_electrons(atoms))) // 2
+        nb = nval + n_extra
+        k = np.concatenate([band_path(atoms, npoints=npath).kpts, rng.uniform(-0.5, 0.5, (nrandom, 3))])
+        H, S = fr.operators["hamiltonian"], fr.operators["overlap"]
+        ref = band_energies(H, S, k)[:, :nb]
+        pred = band_energies(calc.get_hamiltonian(atoms), calc.get_overlap(atoms), k)[:, :nb]
+        pred_x = band_energies(calc_x.get_hamiltonian(atoms), calc_x.get_overlap(atoms), k)[:, :nb]
+        cut = band_energies(_blocks_within(H, atoms, r_bond), _blocks_within(S, atoms, r_bond), k)[:, :nb]
+        err.append(np.abs(pred - ref).ravel())
+        err_x.append(np.abs(pred_x - ref).ravel())
+        err_cut.append(np.abs(cut - ref).ravel())
+    return {name: {"mae_meV": 1000 * float(np.concatenate(e).mean()), "max_meV": 1000 * float(np.concatenate(e).max())}
+            for name, e in (("predicted H, S", err), ("predicted H, exact S", err_x), (f"DFT H, S cut at {r_bond:g} Å", err_cut))}
+
+
+def orbital_errors(model_path, frames):
+    from ase_slem import SLEMCalculator, band_energies
+
+    calc = SLEMCalculator(str(model_path))
+    calc_x = SLEMCalculator(str(model_path), overlap="exact")
+    window, occ, window_x, occ_x = [], [], [], []
+    g = np.zeros((1, 3))
+    for fr in frames:
+        atoms = fr.atoms
+        nocc = int(fr.results["nelectron"]) // 2
+        ref = band_energies(fr.operators["hamiltonian"], fr.operators["overlap"], g)[0]
+        for c, w, o in ((calc, window, occ), (calc_x, window_x, occ_x)):
+            e = band_energies(c.get_hamiltonian(atoms), c.get_overlap(atoms), g)[0]
+            d = np.abs(e - ref)
+            w.append(d[max(nocc - 5, 0): nocc + 3])
+            o.append(d[:nocc])
+    f = lambda x: 1000 * float(np.concatenate(x).mean())  # noqa: E731
+    return {"predicted H, S": {"HOMO-4..LUMO+2 mae_meV": f(window), "occupied mae_meV": f(occ)},
+            "predicted H, exact S": {"HOMO-4..LUMO+2 mae_meV": f(window_x), "occupied mae_meV": f(occ_x)}}
+
+
+def electron_counts(model, frames):
+    from ase_slem.model_file import predict
+
+    out = []
+    for fr in frames:
+        if "density_matrix" not in model.operators:
+            return None
+        ops = predict(model, fr.atoms)
+        out.append(ops["density_matrix"].trace_product(ops["overlap"]) - fr.results["nelectron"])
+    return {"max_abs_error": float(np.max(np.abs(out))), "mean_error": float(np.mean(out))}
+
+
+def evaluate(model_path: str, data: str, split: str = "test", frames: list | None = None) -> dict:
+    from ase_slem.io.dataset import read_frame
+    from ase_slem.model_file import load_model, read_metadata
+
+    meta = read_metadata(model_path)
+    names = frames or meta.get("training", {}).get("split", {}).get(split)
+    if not names:
+        raise SystemExit(f"{model_path} records no {split!r} split; pass --frames")
+    t0 = time.perf_counter()
+    fr = [read_frame(Path(data) / n) for n in names]
+    model = load_model(model_path)
+    res = {"model": str(model_path), "frames": names, "split": split, "blocks": block_mae(model, fr, names)}
+    if meta.get("periodic"):
+        res["bands"] = band_errors(model_path, fr)
+    else:
+        res["orbitals"] = orbital_errors(model_path, fr)
+    res["electrons"] = electron_counts(model, fr)
+    res["seconds"] = time.perf_counter() - t0
+    return res
+
+
+def markdown(res: dict) -> str:
+    lines = [f"Held-out frames ({res['split']}): {len(res['frames'])}", "", "| quantity | MAE | unit |", "|---|---|---|"]
+    for op, d in res["blocks"].items():
+        for k, v in d.items():
+            if k != "unit":
+                lines.append(f"| {op} {k} | {v:.4g} | {d['unit']} |")
+    for k, v in res.get("bands", {}).items():
+        lines.append(f"| bands, {k} | {v['mae_meV']:.2f} (max {v['max_meV']:.1f}) | meV |")
+    for k, v in res.get("orbitals", {}).items():
+        for q, x in v.items():
+            lines.append(f"| orbital energies {q.split()[0]}, {k} | {x:.2f} | meV |")
+    if res.get("electrons"):
+        lines.append(f"| Tr(D S) - N_e (largest) | {res['electrons']['max_abs_error']:.3g} | electrons |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model")
+    p.add_argument("--data", required=True, help="the dataset folder the model was trained on")
+    p.add_argument("--split", default="test", choices=["test", "val", "train"])
+    p.add_argument("--frames", nargs="*", help="frame folder names instead of a recorded split")
+    p.add_argument("--json", help="write the numbers here")
+    args = p.parse_args(argv)
+    res = evaluate(args.model, args.data, args.split, args.frames)
+    print(markdown(res))
+    print(f"\n({res['seconds']:.0f} s)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
