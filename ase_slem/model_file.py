@@ -45,24 +45,39 @@ class ModelFileError(ValueError):
 # ---------------------------------------------------------------------------------------------
 # metadata
 # ---------------------------------------------------------------------------------------------
+def model_folders() -> list[Path]:
+    """Folders searched for model names: those of ``$ASE_SLEM_MODELS`` (``os.pathsep``-separated),
+    then the ``models/`` folder beside the package."""
+    folders = [Path(d) for d in os.environ.get("ASE_SLEM_MODELS", "").split(os.pathsep) if d]
+    folders.append(Path(__file__).resolve().parent.parent / "models")
+    return folders
+
+
+def available_models() -> list[str]:
+    """Names (file stems) of the ``.pt`` model files in :func:`model_folders`, sorted, unique."""
+    return sorted({f.stem for folder in model_folders() if folder.is_dir() for f in folder.glob("*.pt")})
+
+
 def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
     """A model file from a path, or a shipped model's name (``"si_pbe_dzvp"``).
 
-    Names are looked up as ``<name>.pt`` in the folders of ``$ASE_SLEM_MODELS``
-    (``os.pathsep``-separated) and in the ``models/`` folder beside the package.
+    Names are looked up as ``<name>.pt`` in :func:`model_folders`; an unknown name raises
+    :class:`ModelFileError` listing the models found there.
     """
     p = Path(name_or_path)
     if p.is_file():
         return p
     name = p.name if p.suffix == ".pt" else f"{p.name}.pt"
-    folders = [Path(d) for d in os.environ.get("ASE_SLEM_MODELS", "").split(os.pathsep) if d]
-    folders.append(Path(__file__).resolve().parent.parent / "models")
+    folders = model_folders()
     for folder in folders:
         if (folder / name).is_file():
             return folder / name
+    found = available_models()
+    listing = f"models found there: {', '.join(found)}" if found else "no models found there"
     raise ModelFileError(
         f"no model file {name_or_path!r}: not a file, and no {name} in "
-        f"{', '.join(str(f) for f in folders)}; give a path to a .pt model file"
+        f"{', '.join(str(f) for f in folders)} ({listing}); give a path to a .pt model file "
+        "or add its folder to $ASE_SLEM_MODELS"
     )
 
 

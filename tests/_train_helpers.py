@@ -61,3 +61,43 @@ def quiet(_msg: str) -> None:
 
 def finite_state(state_dict) -> bool:
     return all(bool(np.isfinite(v.detach().numpy()).all()) for v in state_dict.values() if v.is_floating_point())
+
+
+def export_untrained(path, shells, periodic, basis_name=None, settings=None, operators=None, seed=0,
+                     dtype="float32"):
+    """A tiny untrained SLEM (seeded weights) exported to ``path`` as a model file.
+
+    ``shells`` {element: [l, ...]}; ``basis_name`` a PySCF basis whose radial functions go into
+    the metadata (needed for densities and the exact overlap); ``settings`` the DFT settings
+    recorded in it (electron counts come from them, e.g. ``"pseudo": "gth-pbe"``).
+    """
+    import torch
+
+    from ase_slem.train.checkpoint import build_model
+    from ase_slem.train.export import export_model, pyscf_radial_basis, untrained_metadata
+
+    torch.manual_seed(seed)
+    args = dict(basis=shells, r_cut=3.0, channels=2, n_layers=1, latent_dim=8, mlp_hidden=8, num_radial=4)
+    if operators:
+        args["operators"] = operators
+    model = build_model(args, dtype)
+    meta = untrained_metadata(model, path.stem, periodic=periodic)
+    if basis_name:
+        meta["basis"]["name"] = basis_name
+        meta["basis"]["radial"] = pyscf_radial_basis(basis_name, shells)
+    meta["dft_settings"] = settings or {}
+    return export_model(model, path, meta, check=False)
+
+
+def train_water_model(root, steps: int = 10):
+    """A tiny SLEM trained ``steps`` steps on 5 PySCF PBE/sto-3g water frames (H, S and D) and
+    exported with its measured metrics to ``root/water_tiny.pt`` (about 8 s)."""
+    from ase_slem.train.config import config_from_dict
+    from ase_slem.train.export import export_checkpoint
+    from ase_slem.train.loop import train
+
+    cfg = config_from_dict(tiny_config(root / "run", name="water_tiny", description="tiny test model of water",
+                                       data={"operators": ["hamiltonian", "overlap", "density_matrix"]},
+                                       train={"steps": steps}))
+    res = train(cfg, frames=water_frames(5, seed=1), log=quiet)
+    return export_checkpoint(res.checkpoint, root / "water_tiny.pt")

@@ -4,7 +4,8 @@ interface (DOS, Fermi level, occupations), chunked = whole, exact overlap = PySC
 The models are tiny untrained SLEMs exported on the fly (no shipped model is needed): silicon
 in the gth-dzvp-molopt-sr basis (2s2p1d, periodic, gth-pbe: 4 valence electrons per atom) and
 water in sto-3g (molecular, all electron), both predicting H, S and D.  The silicon model is exported in float64 (dtype="float32" casts it
-down); a float32 export cast up keeps float32 constants (see SLEMCalculator's dtype).
+down); a float32 export cast up keeps float32 constants (see SLEMCalculator's dtype).  They
+come from the session fixture ``models`` of conftest.py (shared with the command-line tests).
 """
 from __future__ import annotations
 
@@ -25,40 +26,6 @@ from ase_slem.model_file import FORMAT_VERSION, METADATA_NAME, ModelFileError, l
 
 torch.set_num_threads(1)
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-SI_SHELLS = {"Si": [0, 0, 1, 1, 2]}
-WATER_SHELLS = {"O": [0, 0, 1], "H": [0]}
-
-
-def _export(path, shells, periodic, basis_name=None, settings=None, operators=None, seed=0, dtype="float32"):
-    from ase_slem.train.checkpoint import build_model
-    from ase_slem.train.export import export_model, pyscf_radial_basis, untrained_metadata
-
-    torch.manual_seed(seed)
-    args = dict(basis=shells, r_cut=3.0, channels=2, n_layers=1, latent_dim=8, mlp_hidden=8, num_radial=4)
-    if operators:
-        args["operators"] = operators
-    model = build_model(args, dtype)
-    meta = untrained_metadata(model, path.stem, periodic=periodic)
-    if basis_name:
-        meta["basis"]["name"] = basis_name
-        meta["basis"]["radial"] = pyscf_radial_basis(basis_name, shells)
-    meta["dft_settings"] = settings or {}
-    return export_model(model, path, meta, check=False)
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("calc_models")
-    return {
-        "si": _export(root / "si_tiny.pt", SI_SHELLS, True, "gth-dzvp-molopt-sr",
-                      {"code": "pyscf", "basis": "gth-dzvp-molopt-sr", "pseudo": "gth-pbe"}, dtype="float64"),
-        "water": _export(root / "water_tiny.pt", WATER_SHELLS, False, "sto-3g",
-                         {"code": "pyscf", "basis": "sto-3g", "pseudo": None}),
-        "si_hs": _export(root / "si_hs.pt", {"Si": [0, 1]}, True, settings={"code": "slater-koster"},
-                         operators=["hamiltonian", "overlap"]),
-    }
-
 
 def si_cell(rattle=0.05, seed=3):
     atoms = bulk("Si", "diamond", a=5.43)
