@@ -94,7 +94,7 @@ def molecule_structures(eq: Atoms, hess: np.ndarray, n: int, seed: int) -> list[
     return out
 
 
-def make(name: str, out_root: Path, n_frames: int | None, workers: int) -> None:
+def make(name: str, out_root: Path, n_frames: int | None, workers: int, threads: int | None = None) -> None:
     settings = load_settings(ROOT / "configs" / "data" / f"{name}.yaml")
     folder = out_root / name
     structures_file = folder / "structures.extxyz"
@@ -116,7 +116,7 @@ def make(name: str, out_root: Path, n_frames: int | None, workers: int) -> None:
         write(tmp, structures, format="extxyz")
         tmp.replace(structures_file)
     structures = structures[:n]
-    report = generate_dataset(structures, settings, folder, workers=workers)
+    report = generate_dataset(structures, settings, folder, workers=workers, threads_per_worker=threads)
     print(f"{name}: {len(report.written)} frames written, {len(report.skipped)} already there, "
           f"{len(report.failed)} failed, {report.seconds:.0f} s -> {folder}", flush=True)
 
@@ -127,10 +127,12 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(ROOT.parent / "data"), help="folder holding the datasets (default ../data)")
     p.add_argument("--frames", type=int, help="number of frames (default: si 72, molecules 500)")
     p.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
+    p.add_argument("--threads", type=int, help="threads per process (default: cores / workers); with other jobs "
+                                                "running, 1 avoids OpenMP oversubscription")
     args = p.parse_args(argv)
     names = list(SETS.values()) if args.which == "all" else [SETS[args.which]]
     for name in names:
-        make(name, Path(args.out), args.frames, args.workers)
+        make(name, Path(args.out), args.frames, args.workers, args.threads)
     return 0
 
 

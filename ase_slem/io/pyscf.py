@@ -728,16 +728,25 @@ def _eigh_batch(f: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.stack([w for w, _ in out]), np.stack([v for _, v in out])
 
 
-def _aufbau_occupations(e_k: np.ndarray, nelectron: int) -> np.ndarray:
-    """Occupations (nk, nbands): 2 for the nelectron * nk / 2 lowest states over the whole mesh."""
+def _aufbau_occupations(e_k: np.ndarray, nelectron: int, degeneracy_tol: float = 1e-6) -> np.ndarray:
+    """Occupations (nk, nbands): 2 for the nelectron * nk / 2 lowest states over the whole mesh.
+
+    States within ``degeneracy_tol`` (Hartree) of the highest occupied one share the electrons
+    left for them evenly, so degenerate partners (k and -k, or a degenerate level at one k) are
+    occupied alike and D(-k) = conj(D(k)) holds even when the gap closes on the mesh.
+    """
     nk = e_k.shape[0]
     total = nelectron * nk
     if total % 2:
         raise PySCFInputError("an odd number of electrons per mesh cannot fill doubly occupied states")
-    order = np.argsort(e_k.ravel(), kind="stable")
-    occ = np.zeros(e_k.size)
-    occ[order[: total // 2]] = 2.0
-    return occ.reshape(e_k.shape)
+    flat = np.sort(e_k.ravel(), kind="stable")
+    n_states = total // 2
+    e_last = flat[n_states - 1]
+    occ = np.where(e_k < e_last - degeneracy_tol, 2.0, 0.0)
+    shell = np.abs(e_k - e_last) <= degeneracy_tol
+    left = total - occ.sum()
+    occ[shell] = left / shell.sum()
+    return occ
 
 
 # ---------------------------------------------------------------------------------------------
