@@ -29,6 +29,8 @@ from typing import Callable
 
 import numpy as np
 
+from ._files import publish
+
 
 class CommandError(Exception):
     """A problem with the user's input, reported as one line."""
@@ -39,7 +41,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
-    os.replace(tmp, path)
+    publish(tmp, path)
 
 
 def _save_figure(fig, path: Path) -> None:
@@ -47,7 +49,7 @@ def _save_figure(fig, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
     os.close(fd)
     fig.savefig(tmp, dpi=150, bbox_inches="tight")
-    os.replace(tmp, path)
+    publish(tmp, path)
 
 
 def _load_operators(path: str):

@@ -40,6 +40,7 @@ import numpy as np
 from ase import Atoms
 from ase.units import Bohr
 
+from ._files import publish
 from .io.radial import RadialBasis
 from .operators import OperatorError, RealSpaceOperator
 from .orbitals import (
@@ -727,7 +728,7 @@ def write_cube(
         with os.fdopen(fd, "w") as fh:
             ase_write_cube(fh, grid_atoms, data=rho * Bohr**3, origin=origin,
                            comment=comment or "ase_slem density, values per bohr^3")
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

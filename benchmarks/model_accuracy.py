@@ -43,7 +43,9 @@ def block_mae(model, frames, names):
     from ase_slem.train.data import make_sample
     from ase_slem.train.metrics import MAEAccumulator
 
-    acc = MAEAccumulator(model.symbols, model.module.orbital_mask)
+    counts = torch.tensor([model.orbital_counts[el] for el in model.symbols])
+    mask = torch.arange(model.max_norb)[None, :] < counts[:, None]  # (n_species, M): real orbitals
+    acc = MAEAccumulator(model.symbols, mask)
     for frame, name in zip(frames, names):
         s = make_sample(frame, name, model.symbols, model.max_norb, model.r_graph, model.r_bond,
                         model.operators, model.torch_dtype)

@@ -28,6 +28,8 @@ from typing import Any, Dict
 import numpy as np
 import torch
 
+from .._files import publish
+
 CHECKPOINT_FORMAT = "ase_slem-checkpoint"
 CHECKPOINT_VERSION = 1
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -93,7 +95,7 @@ def save_checkpoint(path: str | os.PathLike, state: Dict[str, Any]) -> Path:
             torch.save(payload, fh)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        publish(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

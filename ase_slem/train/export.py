@@ -29,6 +29,7 @@ from torch import Tensor
 
 from ..model_file import FORMAT_VERSION, METADATA_NAME, MODEL_FORMAT, load_model, predict
 from .checkpoint import build_model, load_checkpoint
+from .._files import publish
 
 
 class ExportError(ValueError):
@@ -194,7 +195,7 @@ def export_model(model: torch.nn.Module, output: str | os.PathLike, metadata: Di
         torch.jit.save(scripted, tmp, _extra_files={METADATA_NAME: json.dumps(metadata, indent=1, default=str)})
         if check:
             _self_check(Path(tmp), model, metadata)
-        os.replace(tmp, output)
+        publish(tmp, output)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
