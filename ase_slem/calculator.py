@@ -194,8 +194,11 @@ class SLEMCalculator(Calculator):
         (Monkhorst–Pack), ``{"size": (n1, n2, n3), "gamma": True}`` or ``{"density": d}`` (points
         per Å^-1); reduced by symmetry (spglib).  Molecules always use Gamma alone.
     overlap:
-        ``"model"`` (the network's overlap) or ``"exact"`` (analytic two-centre integrals of the
-        model's Gaussian basis, via PySCF).
+        ``"model"`` (the network's overlap), ``"exact"`` (analytic two-centre integrals of the
+        model's Gaussian basis) or ``"auto"`` (default): what the model file recommends
+        (metadata ``recommended_overlap``, set at export when the predicted overlap is not
+        accurate enough for the basis -- e.g. ``si_pbe_dzvp``, whose diffuse Gaussians make
+        S(k) nearly singular in the crystal), else ``"model"``.
     max_edges:
         largest graph (edges) evaluated at once; bigger structures are predicted in chunks with
         the same result and bounded memory.
@@ -206,26 +209,30 @@ class SLEMCalculator(Calculator):
 
     implemented_properties = ["hamiltonian", "overlap", "density_matrix"]
     default_parameters: dict[str, Any] = {
-        "model": "si_pbe_dzvp", "device": "cpu", "dtype": None, "kpts": None, "overlap": "model",
+        "model": "si_pbe_dzvp", "device": "cpu", "dtype": None, "kpts": None, "overlap": "auto",
         "max_edges": 200_000, "n_electrons": None,
     }
     ignored_changes = {"initial_charges", "initial_magmoms"}
 
     def __init__(self, model: str = "si_pbe_dzvp", *, device: str = "cpu", dtype: Optional[str] = None,
-                 kpts=None, overlap: str = "model", max_edges: int = 200_000,
+                 kpts=None, overlap: str = "auto", max_edges: int = 200_000,
                  n_electrons: Optional[float] = None, atoms: Optional[Atoms] = None, **kwargs):
         unknown = set(kwargs) - {"label", "directory"}
         if unknown:
             raise TypeError(f"SLEMCalculator got unknown parameter(s) {sorted(unknown)}; known: "
                             f"{sorted(self.default_parameters)}")
-        if overlap not in ("model", "exact"):
-            raise CalculatorInputError(f"overlap must be 'model' or 'exact', not {overlap!r}")
+        if overlap not in ("model", "exact", "auto"):
+            raise CalculatorInputError(f"overlap must be 'model', 'exact' or 'auto', not {overlap!r}")
         if int(max_edges) < 1:
             raise CalculatorInputError(f"max_edges must be a positive number of graph edges, got {max_edges}")
         if n_electrons is not None and not (np.isfinite(n_electrons) and n_electrons > 0):
             raise CalculatorInputError(f"n_electrons must be a positive number, got {n_electrons!r}")
         self._kpts_spec = _resolve_kpts(kpts)
         self.model = _prepare_model(load_model(model), device, dtype)
+        if overlap == "auto":
+            overlap = self.model.metadata.get("recommended_overlap", "model")
+            if overlap == "model" and "overlap" not in self.model.operators:
+                overlap = "exact"
         if overlap == "exact":
             self._radial_basis("overlap='exact'")  # fail now, not at the first calculation
         if overlap == "model" and "overlap" not in self.model.operators:

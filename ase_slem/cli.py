@@ -561,7 +561,8 @@ def cmd_train(args) -> None:
 def cmd_export(args) -> None:
     from .train import export_checkpoint
 
-    out = export_checkpoint(args.checkpoint, args.output, use_ema=not args.raw_weights, name=args.name)
+    out = export_checkpoint(args.checkpoint, args.output, use_ema=not args.raw_weights, name=args.name,
+                            recommended_overlap=args.recommend_overlap)
     from .model_file import read_metadata
 
     meta = read_metadata(out)
@@ -718,6 +719,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-o", "--output", required=True, help="model file to write (e.g. models/NAME.pt)")
     e.add_argument("--name", help="model name in the metadata (default: the config's name)")
     e.add_argument("--raw-weights", action="store_true", help="export the raw weights instead of their moving average")
+    e.add_argument("--recommend-overlap", choices=["model", "exact"],
+                   help="overlap SLEMCalculator uses by default for this model (exact: analytic integrals of its basis)")
     e.set_defaults(func=cmd_export)
 
     dat = sub.add_parser("data", help="make training data: DFT frames for a list of structures")

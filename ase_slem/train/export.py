@@ -144,10 +144,13 @@ def _test_structure(symbols: Sequence[str], r_bond: float, periodic: bool):
 
 
 def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, *, use_ema: bool = True,
-                      name: Optional[str] = None, check: bool = True) -> Path:
+                      name: Optional[str] = None, check: bool = True,
+                      recommended_overlap: Optional[str] = None) -> Path:
     """Write the model of ``checkpoint`` as a TorchScript model file at ``output``.
 
     ``use_ema``: export the averaged weights (as validated) rather than the raw ones.
+    ``recommended_overlap``: ``"exact"`` or ``"model"``, what ``SLEMCalculator(overlap="auto")``
+    uses for this model (recorded in the metadata; default: not recorded, i.e. the model's).
     ``check``: load the written file with :func:`ase_slem.model_file.load_model` and compare
     its prediction on a small structure with the eager network before putting it in place.
     """
@@ -158,7 +161,14 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
         with torch.no_grad():
             for p, s in zip(model.parameters(), state["ema"]["shadow"]):
                 p.copy_(s)
-    return export_model(model, output, build_metadata(state, name=name, use_ema=use_ema), check=check)
+    meta = build_metadata(state, name=name, use_ema=use_ema)
+    if recommended_overlap is not None:
+        if recommended_overlap not in ("model", "exact"):
+            raise ExportError(f"recommended_overlap must be 'model' or 'exact', not {recommended_overlap!r}")
+        if recommended_overlap == "exact" and not meta["basis"]["radial"]:
+            raise ExportError("recommended_overlap='exact' needs a Gaussian basis with radial functions in the checkpoint")
+        meta["recommended_overlap"] = recommended_overlap
+    return export_model(model, output, meta, check=check)
 
 
 def untrained_metadata(model: torch.nn.Module, name: str = "untrained", r_bond: Optional[float] = None,
