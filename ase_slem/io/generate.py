@@ -260,7 +260,9 @@ def generate_dataset(structures: Sequence[Atoms], settings: GenerationSettings |
             raise SettingsError(f"structure {n} is periodic but the settings say kind: molecular")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "settings.json").write_text(json.dumps(settings.__dict__, indent=1))
+    tmp = out / f".settings.json.{os.getpid()}"
+    tmp.write_text(json.dumps(settings.__dict__, indent=1))
+    os.replace(tmp, out / "settings.json")
     done = [n for n in range(len(structures)) if (out / frame_name(n)).is_dir()]
     todo = [n for n in range(len(structures)) if n not in set(done)]
     if done:
