@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from ase import Atoms
 
-from ase_slem import SLEMCalculator, band_energies
+from ase_slem import SLEMCalculator
 from ase_slem.model_file import read_metadata, resolve_model_path
 
 FIXTURES = Path(__file__).parent / "fixtures"
