@@ -85,13 +85,13 @@ def test_a_diverging_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoi
     real_loss = loop_module._loss
     calls = {"n": 0}
 
-    def exploding(out, batch, normalizers, weights, t):
-        total, parts = real_loss(out, batch, normalizers, weights, t)
+    def exploding(out, batch, normalizers, weights, t, rng=None):
+        total, parts, band = real_loss(out, batch, normalizers, weights, t, rng)
         if torch.is_grad_enabled():  # training steps only
             calls["n"] += 1
             if calls["n"] >= 8:
                 total = total * 1e9
-        return total, parts
+        return total, parts, band
 
     monkeypatch.setattr(loop_module, "_loss", exploding)
     cfg = config_from_dict(tiny_config(tmp_path / "run", train={"steps": 20, "checkpoint_every": 3}))
@@ -205,3 +205,12 @@ def test_cli_train_and_export_on_water(tmp_path, capsys):
     assert err.count("\n") == 0 and "unknown key train.lrr (did you mean train.lr?)" in err
     assert main(["export", str(tmp_path / "none.pt"), "-o", str(tmp_path / "x.pt")]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_excluded_frames_are_left_out_and_unknown_names_reported(tmp_path, frames):
+    for k, fr in enumerate(frames[:3]):
+        write_frame(tmp_path / "data", fr, k)
+    got, names = loop_module.load_frames(tmp_path / "data", exclude=["frame.000001"])
+    assert names == ["frame.000000", "frame.000002"] and len(got) == 2
+    with pytest.raises(TrainingDataError, match="frame.000009"):
+        loop_module.load_frames(tmp_path / "data", exclude=["frame.000009"])

@@ -48,6 +48,8 @@ class DataConfig:
     train_fraction: use only this leading fraction of the (shuffled) training frames; the
         subsets are nested (0.2 is inside 0.4) and validation/test stay the same.
     max_frames: read at most this many frames (in index order) before splitting.
+    exclude: frame folder names to leave out (e.g. frames finished after a run started, so
+        that its split can be reproduced).
     """
 
     path: str = _required()
@@ -56,6 +58,7 @@ class DataConfig:
     split_seed: int = 0
     train_fraction: float = 1.0
     max_frames: Optional[int] = None
+    exclude: list = field(default_factory=list)
 
 
 @dataclass
@@ -107,6 +110,14 @@ class TrainConfig:
         training loss seen (or is not finite).
     num_threads: torch threads (default: leave torch's setting alone).
     progress: show a tqdm progress bar.
+    band_weight: weight of the band-energy term (loss += band_weight * mean |e_pred - e_DFT|
+        in eV; 0 = off): eigenvalues of (H_pred(k), S_DFT(k)) against the DFT ones, the
+        occupied bands and band_extra empty ones, at band_kpoints random k per periodic frame
+        and step (Gamma for molecules); see :mod:`ase_slem.train.band_loss`.  Needs
+        hamiltonian in data.operators.
+    init_from: start from the (EMA) weights and normalization of this checkpoint (fine-tuning,
+        e.g. with the band term on); a new run with its own schedule and optimizer.  The model
+        section must equal the checkpoint's.
     """
 
     steps: int = _required()
@@ -130,6 +141,10 @@ class TrainConfig:
     divergence_factor: float = 1e4
     num_threads: Optional[int] = None
     progress: bool = True
+    band_weight: float = 0.0
+    band_kpoints: int = 4
+    band_extra: int = 4
+    init_from: Optional[str] = None
 
 
 @dataclass
@@ -359,16 +374,40 @@ def validate(cfg: Config) -> list[str]:
         p.append("train.eval_every and train.checkpoint_every must be at least 1")
     if t.divergence_factor <= 1:
         p.append(f"train.divergence_factor must be > 1, got {t.divergence_factor}")
+    if t.band_weight < 0:
+        p.append(f"train.band_weight must be >= 0 (0 = off), got {t.band_weight}")
+    if t.band_weight > 0 and "hamiltonian" not in d.operators:
+        p.append("train.band_weight > 0 needs hamiltonian in data.operators")
+    if t.band_kpoints < 1 or t.band_extra < 0:
+        p.append(f"train.band_kpoints must be >= 1 and train.band_extra >= 0, got {t.band_kpoints}, {t.band_extra}")
     if t.num_threads is not None and t.num_threads < 1:
         p.append(f"train.num_threads must be at least 1, got {t.num_threads}")
     return p
 
 
+def _default_of(key: str) -> Any:
+    """Default of a dotted config key (``train.band_weight``), or None."""
+    section, _, name = key.partition(".")
+    cls = SECTIONS.get(section)
+    for f in dataclasses.fields(cls) if cls else ():
+        if f.name == name:
+            if f.default is not dataclasses.MISSING and f.default is not REQUIRED:
+                return f.default
+            if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+                return f.default_factory()  # type: ignore[misc]
+    return None
+
+
 def config_differences(old: dict, new: dict, prefix: str = "") -> list[tuple[str, Any, Any]]:
-    """Keys (dotted) whose values differ between two config dicts: (key, old, new)."""
+    """Keys (dotted) whose values differ between two config dicts: (key, old, new).
+
+    A key absent from one side (a config written before the key existed) counts as its
+    default value."""
     out = []
     for k in sorted(set(old) | set(new)):
-        a, b = old.get(k), new.get(k)
+        key = prefix + k
+        a = old[k] if k in old else _default_of(key)
+        b = new[k] if k in new else _default_of(key)
         if isinstance(a, dict) and isinstance(b, dict) and k in SECTIONS:
             out += config_differences(a, b, f"{prefix}{k}.")
         elif a != b:

@@ -15,7 +15,7 @@ made of; the same statistics go into the network's normalization layers.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
@@ -154,9 +154,11 @@ class Sample:
 
     positions (N, 3) Å; species (N,) model species index; edge_index (2, E); edge_shift
     (E, 3) Å; bond_index (2, P) edge ids of each bond and its reverse; bond_i, bond_j (P,)
-    the bond's atoms; targets: operator -> (onsite (N, M, M), bonds (P, M, M)) in the
+    the bond's atoms; bond_shift (P, 3) their integer cell shifts R; targets: operator -> (onsite (N, M, M), bonds (P, M, M)) in the
     operator's unit (eV for H); uncovered: operator -> largest |element| of the data's blocks
-    that are not predicted (beyond r_bond); n_atoms: atoms of each frame in a batch.
+    that are not predicted (beyond r_bond); n_atoms, n_bonds: atoms and bonds of each frame
+    in a batch (frames are consecutive); band_refs: each frame's
+    :class:`~.band_loss.BandReference` when the band loss is on.
     """
 
     name: str
@@ -170,6 +172,9 @@ class Sample:
     targets: Dict[str, Tuple[Tensor, Tensor]]
     uncovered: Dict[str, float]
     n_atoms: List[int]
+    bond_shift: Tensor = None  # type: ignore[assignment]
+    n_bonds: List[int] = field(default_factory=list)
+    band_refs: List = field(default_factory=list)
 
     @property
     def bond_species(self) -> Tuple[Tensor, Tensor]:
@@ -249,6 +254,8 @@ def make_sample(frame: Frame, name: str, symbols: Sequence[str], max_norb: int, 
         targets=targets,
         uncovered=uncovered,
         n_atoms=[n],
+        bond_shift=torch.as_tensor(np.asarray(bR, np.int64).reshape(-1, 3)),
+        n_bonds=[len(bi)],
     )
 
 
@@ -272,6 +279,9 @@ def collate(samples: Sequence[Sample]) -> Sample:
                       torch.cat([s.targets[op][1] for s in samples])) for op in ops},
         uncovered={op: max(s.uncovered[op] for s in samples) for op in ops},
         n_atoms=[n for s in samples for n in s.n_atoms],
+        bond_shift=torch.cat([s.bond_shift for s in samples]),
+        n_bonds=[n for s in samples for n in s.n_bonds],
+        band_refs=[r for s in samples for r in s.band_refs],
     )
 
 

@@ -39,6 +39,7 @@ from .config import RESUMABLE_CHANGES, Config, ConfigError, config_differences, 
 from .data import (OperatorNormalizer, Sample, TrainingDataError, average_neighbors, check_basis_matches,
                    check_frames, collate, dataset_basis, make_sample, normalized_loss_terms,
                    onsite_overlap_means, split_indices)
+from .band_loss import band_reference, batch_band_mae
 from .metrics import MAEAccumulator, UNITS, block_type_names, format_metrics
 
 
@@ -159,9 +160,13 @@ class EMA:
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
-def load_frames(path: str | os.PathLike, max_frames: Optional[int] = None):
-    """Frames of a dataset folder and their folder names."""
+def load_frames(path: str | os.PathLike, max_frames: Optional[int] = None, exclude: Sequence[str] = ()):
+    """Frames of a dataset folder and their folder names (``exclude``: folder names to skip)."""
     paths = frame_paths(path)
+    unknown = sorted(set(exclude) - {p.name for p in paths})
+    if unknown:
+        raise TrainingDataError(f"data.exclude names frames that {path} does not hold: {', '.join(unknown)}")
+    paths = [p for p in paths if p.name not in set(exclude)]
     if max_frames is not None:
         paths = paths[:max_frames]
     if not paths:
@@ -169,7 +174,10 @@ def load_frames(path: str | os.PathLike, max_frames: Optional[int] = None):
     return [read_frame(p) for p in paths], [p.name for p in paths]
 
 
-def _loss(model_out, batch: Sample, normalizers, weights: Dict[str, float], t) -> tuple:
+def _loss(model_out, batch: Sample, normalizers, weights: Dict[str, float], t,
+          rng: Optional[np.random.Generator] = None) -> tuple:
+    """(total loss, {operator: term}, band MAE in eV or None).  ``rng`` draws the band
+    term's k-points (None: fixed ones, as in validation)."""
     total = 0.0
     parts = {}
     for op, norm in normalizers.items():
@@ -177,7 +185,11 @@ def _loss(model_out, batch: Sample, normalizers, weights: Dict[str, float], t) -
         term = t.mae_weight * mae + t.mse_weight * mse
         parts[op] = term
         total = total + weights.get(op, 1.0) * term
-    return total, parts
+    band = None
+    if t.band_weight > 0 and batch.band_refs:
+        band = batch_band_mae(batch.band_refs, model_out, batch, t.band_kpoints, rng)
+        total = total + t.band_weight * band
+    return total, parts, band
 
 
 def _forward(model, batch: Sample):
@@ -187,27 +199,34 @@ def _forward(model, batch: Sample):
 def evaluate(model, samples: Sequence[Sample], normalizers, weights, t, symbols, batch_size: int = 1):
     """(mean loss over frames, per-block-type MAE dict) of ``samples`` with the current weights."""
     acc = MAEAccumulator(symbols, model.orbital_mask)
-    losses = []
+    losses, bands = [], []
     with torch.no_grad():
         for k in range(0, len(samples), batch_size):
             batch = collate(samples[k : k + batch_size])
             out = _forward(model, batch)
-            loss, _ = _loss(out, batch, normalizers, weights, t)
+            loss, _, band = _loss(out, batch, normalizers, weights, t)
             losses.append(float(loss) * len(batch.n_atoms))
+            if band is not None:
+                bands.append(float(band) * len(batch.n_atoms))
             si, sj = batch.bond_species
             for op in normalizers:
                 acc.add(op, out[op + "_onsite"], batch.targets[op][0], batch.species,
                         out[op + "_bond"], batch.targets[op][1], si, sj)
     n = max(len(samples), 1)
-    return (sum(losses) / n if samples else math.nan), acc.result()
+    result = acc.result()
+    if bands:
+        result["bands"] = {"all": 1000.0 * sum(bands) / n, "unit": "meV"}
+    return (sum(losses) / n if samples else math.nan), result
 
 
 class MetricsCSV:
     """``metrics.csv``: a fixed header (operators x block types), one row per event."""
 
-    def __init__(self, path: Path, operators: Sequence[str], symbols: Sequence[str]):
+    def __init__(self, path: Path, operators: Sequence[str], symbols: Sequence[str], bands: bool = False):
         self.path = path
         self.mae_keys = [(op, name) for op in operators for name in ["all"] + block_type_names(symbols)]
+        if bands:  # the band term: MAE of the compared band energies (meV)
+            self.mae_keys.append(("bands", "all"))
         self.header = (["step", "epoch", "split", "lr", "loss", "grad_norm", "time_s"]
                        + [f"loss {op}" for op in operators]
                        + [f"mae {op} {name} [{UNITS[op][0]}]" for op, name in self.mae_keys])
@@ -283,11 +302,16 @@ def _resume_state(cfg: Config, resume: bool, last_path: Path) -> Optional[dict]:
     return state
 
 
-def _prepare_data(cfg: Config, frames, frame_names, state: Optional[dict], say) -> _Data:
-    """Read/check the frames, split them and build their samples."""
+def _prepare_data(cfg: Config, frames, frame_names, state: Optional[dict], say,
+                  init: Optional[dict] = None) -> _Data:
+    """Read/check the frames, split them and build their samples.
+
+    With ``init`` (the checkpoint of ``train.init_from``) the split is that checkpoint's, by
+    frame name: fine-tuning never trains on the frames the first run held out, and frames
+    the first run did not know are left out."""
     ops = list(cfg.data.operators)
     if frames is None:
-        frames, names = load_frames(cfg.data.path, cfg.data.max_frames)
+        frames, names = load_frames(cfg.data.path, cfg.data.max_frames, cfg.data.exclude)
     else:
         frames = list(frames)[: cfg.data.max_frames] if cfg.data.max_frames else list(frames)
         names = list(frame_names) if frame_names is not None else [f"frame {k}" for k in range(len(frames))]
@@ -297,7 +321,21 @@ def _prepare_data(cfg: Config, frames, frame_names, state: Optional[dict], say) 
         check_basis_matches(state["model_args"]["basis"], basis, "the dataset")
         basis = {k: list(v) for k, v in state["model_args"]["basis"].items()}
     symbols = list(basis)
-    tr_idx, va_idx, te_idx = split_indices(len(frames), cfg.data.split, cfg.data.split_seed, cfg.data.train_fraction)
+    if init is not None:
+        fixed = init["dataset"]["split"]
+        where = {nm: k for k, nm in enumerate(names)}
+        absent = [nm for part in fixed.values() for nm in part if nm not in where]
+        if absent:
+            raise TrainingDataError(
+                f"train.init_from: frames of its split are not in {cfg.data.path}: {', '.join(absent[:5])}"
+                + (" ..." if len(absent) > 5 else "") + "; fine-tune on the dataset that run was trained on")
+        tr_idx, va_idx, te_idx = ([where[nm] for nm in fixed[part]] for part in ("train", "val", "test"))
+        extra = len(names) - sum(len(v) for v in fixed.values())
+        if extra:
+            say(f"note: {extra} frame(s) not in the split of {cfg.train.init_from} are left out")
+    else:
+        tr_idx, va_idx, te_idx = split_indices(len(frames), cfg.data.split, cfg.data.split_seed,
+                                               cfg.data.train_fraction)
     split_names = {"train": [names[k] for k in tr_idx], "val": [names[k] for k in va_idx],
                    "test": [names[k] for k in te_idx]}
     if state is not None and state["dataset"]["split"] != split_names:
@@ -312,6 +350,14 @@ def _prepare_data(cfg: Config, frames, frame_names, state: Optional[dict], say) 
     t0 = time.perf_counter()
     dtype = DTYPES[cfg.train.dtype]
     samples = [make_sample(fr, nm, symbols, max_norb, r_graph, r_bond, ops, dtype) for fr, nm in zip(frames, names)]
+    if cfg.train.band_weight > 0:
+        counts = torch.tensor([sum(2 * l + 1 for l in basis[el]) for el in symbols])
+        mask = torch.arange(max_norb)[None, :] < counts[:, None]  # (n_species, M): real orbitals
+        for fr, sm in zip(frames, samples):
+            try:
+                sm.band_refs = [band_reference(fr, mask, sm.species, cfg.train.band_extra)]
+            except ValueError as exc:
+                raise TrainingDataError(f"frame {sm.name}: {exc}") from None
     data = _Data(ops, symbols, basis, r_bond, [samples[k] for k in tr_idx], [samples[k] for k in va_idx],
                  [samples[k] for k in te_idx], {})
     say(f"{len(frames)} frames ({len(data.train)} train, {len(data.val)} validation, {len(data.test)} test), "
@@ -330,6 +376,22 @@ def _prepare_data(cfg: Config, frames, frame_names, state: Optional[dict], say) 
     return data
 
 
+def _init_state(cfg: Config) -> dict:
+    """The checkpoint ``train.init_from`` names, checked against the config."""
+    path = Path(cfg.train.init_from)
+    if not path.is_file():
+        raise ConfigError(f"train.init_from: {path} does not exist (give the checkpoint to fine-tune from)")
+    init = load_checkpoint(path)
+    diffs = config_differences({"model": init["config"]["model"]}, {"model": cfg.to_dict()["model"]})
+    if diffs:
+        listed = "; ".join(f"{k}: checkpoint {a!r}, config {b!r}" for k, a, b in diffs)
+        raise ConfigError(f"train.init_from: the model section differs from {path}'s ({listed}); copy it from there")
+    missing = [op for op in cfg.data.operators if op not in init["normalizers"]]
+    if missing:
+        raise ConfigError(f"train.init_from: {path} was not trained on {', '.join(missing)}; drop them from data.operators")
+    return init
+
+
 def _start_small(mlp: torch.nn.Module, scale: float = 0.01) -> None:
     """Shrink the last linear layer of ``mlp``: the SK overlap head then starts near S = 0
     instead of O(1) values, whose normalized errors (targets ~0.1) would swamp the early loss."""
@@ -340,15 +402,23 @@ def _start_small(mlp: torch.nn.Module, scale: float = 0.01) -> None:
             last.bias.zero_()
 
 
-def _setup_model(cfg: Config, data: _Data, state: Optional[dict]):
+def _setup_model(cfg: Config, data: _Data, state: Optional[dict], init: Optional[dict] = None):
     """(model, its constructor arguments, per-operator normalizers): restored from the
     checkpoint, or new ones with normalization statistics from the training samples."""
     t, m = cfg.train, cfg.model
     with default_dtype(DTYPES[t.dtype]):
-        if state is not None:
-            model_args = state["model_args"]
-            model = build_model(model_args, state["dtype"])
-            model.load_state_dict(state["model"])
+        if init is not None:
+            check_basis_matches(init["model_args"]["basis"], data.basis, "the dataset")
+            init = None if state is not None else init
+        if state is not None or init is not None:
+            src = state if state is not None else init
+            model_args = src["model_args"]
+            model = build_model(model_args, t.dtype if init is not None else src["dtype"])
+            model.load_state_dict(src["model"])
+            if init is not None and init.get("ema"):  # fine-tuning starts from the averaged weights
+                with torch.no_grad():
+                    for p_, v in zip(model.parameters(), init["ema"]["shadow"]):
+                        p_.copy_(v)
         else:
             torch.manual_seed(t.seed)
             model_args = dict(
@@ -360,8 +430,8 @@ def _setup_model(cfg: Config, data: _Data, state: Optional[dict]):
             model = build_model(model_args, t.dtype)
         normalizers = {op: OperatorNormalizer(data.basis) for op in data.operators}
     for op, norm in normalizers.items():
-        if state is not None:
-            norm.load_state_dict(state["normalizers"][op])
+        if state is not None or init is not None:
+            norm.load_state_dict((state if state is not None else init)["normalizers"][op])
             continue
         norm.fit(data.train, op)
         if op == "overlap":
@@ -411,8 +481,9 @@ def train(config: Config | str | os.PathLike, *, frames: Optional[Sequence[Frame
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
     state = _resume_state(cfg, resume, last_path)
-    data = _prepare_data(cfg, frames, frame_names, state, say)
-    model, model_args, normalizers = _setup_model(cfg, data, state)
+    init = _init_state(cfg) if t.init_from else None
+    data = _prepare_data(cfg, frames, frame_names, state, say, init)
+    model, model_args, normalizers = _setup_model(cfg, data, state, init)
     ops, symbols, r_bond = data.operators, data.symbols, data.r_bond
     train_s, val_s, test_s = data.train, data.val, data.test
     m = cfg.model
@@ -435,7 +506,7 @@ def train(config: Config | str | os.PathLike, *, frames: Optional[Sequence[Frame
     say(f"model: {'LEM' if m.lem else 'SLEM'} with {n_params} parameters, {t.dtype}, "
         f"N_avg = {model_args['avg_num_neighbors']:.2f}, predicts {', '.join(ops)}")
 
-    csv_log = MetricsCSV(out_dir / "metrics.csv", ops, symbols)
+    csv_log = MetricsCSV(out_dir / "metrics.csv", ops, symbols, bands=t.band_weight > 0)
     csv_log.start(keep_up_to=start if state is not None else None)
 
     def snapshot(step: int) -> dict:
@@ -467,7 +538,7 @@ def train(config: Config | str | os.PathLike, *, frames: Optional[Sequence[Frame
             batch = collate([train_s[k] for k in perm[pos * bs : (pos + 1) * bs]])
             lr = schedule.apply(optimizer, s)
             out = _forward(model, batch)
-            loss, parts = _loss(out, batch, normalizers, weights, t)
+            loss, parts, band = _loss(out, batch, normalizers, weights, t, np.random.default_rng([t.seed, s, 1]))
             lval = float(loss.detach())
             if not math.isfinite(lval) or (s > 0 and lval > t.divergence_factor * best_train):
                 raise TrainingDiverged(_diverged_message(s + 1, f"loss {lval:.4g} (lowest so far {best_train:.4g}, "
@@ -497,12 +568,16 @@ def train(config: Config | str | os.PathLike, *, frames: Optional[Sequence[Frame
                 acc.add(op, out[op + "_onsite"], batch.targets[op][0], batch.species, out[op + "_bond"],
                         batch.targets[op][1], si, sj)
             mae = {op: {"all": r["all"]} for op, r in acc.result().items()}
+            if band is not None:
+                mae["bands"] = {"all": 1000.0 * float(band.detach())}
             csv_log.write(s + 1, epoch, "train", lr, lval, gnorm, time.perf_counter() - t_start,
                           {op: float(v.detach()) for op, v in parts.items()}, mae)
             if progress is not None:
                 post = {"loss": f"{lval:.3g}", "lr": f"{lr:.2g}"}
                 if "hamiltonian" in metrics.get("validation", {}):
                     post["val H meV"] = f"{metrics['validation']['hamiltonian']['all']:.3g}"
+                if "bands" in metrics.get("validation", {}):
+                    post["val bands meV"] = f"{metrics['validation']['bands']['all']:.3g}"
                 progress.set_postfix(post, refresh=False)
                 progress.update(1)
         # ---- end of training: validate, test and checkpoint the final state

@@ -14,7 +14,8 @@ import torch
 from torch import Tensor
 
 #: unit and factor applied to the operators' native unit (eV for H)
-UNITS = {"hamiltonian": ("meV", 1000.0), "overlap": ("1", 1.0), "density_matrix": ("1", 1.0)}
+UNITS = {"hamiltonian": ("meV", 1000.0), "overlap": ("1", 1.0), "density_matrix": ("1", 1.0),
+         "bands": ("meV", 1000.0)}  # bands: the band-energy term of the loss (train.band_weight)
 
 
 def block_type_names(symbols: Sequence[str]) -> list[str]:

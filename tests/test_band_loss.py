@@ -1,0 +1,124 @@
+"""The band-energy term of the training loss: the differentiable Bloch sum equals
+RealSpaceOperator.bloch, exact blocks give zero band error, its gradient matches finite
+differences, and training with it (also fine-tuning from a checkpoint) lowers the band error."""
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from ase_slem.train.band_loss import band_errors, band_reference, bloch_blocks, generalized_eigvalsh
+from ase_slem.train.config import ConfigError, config_from_dict
+from ase_slem.train.data import make_sample
+from ase_slem.train.loop import train
+
+from _train_helpers import quiet, sk_silicon_frames, tiny_config
+
+torch.set_num_threads(1)
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def frames():
+    out = sk_silicon_frames(5, seed=3)
+    for fr in out:
+        fr.results["nelectron"] = 4.0 * len(fr.atoms)  # sp3 valence of silicon
+    return out
+
+
+def sample_of(frame, r=3.0):
+    s = make_sample(frame, "f", ["Si"], 4, r, r, ["hamiltonian", "overlap"], torch.float64)
+    assert s.uncovered["hamiltonian"] == 0.0  # every stored block is in the sample
+    return s
+
+
+def test_bloch_of_padded_blocks_equals_the_operator_bloch_sum(frames):
+    fr = frames[0]
+    s = sample_of(fr)
+    k = np.random.default_rng(0).uniform(-0.5, 0.5, (3, 3))
+    on, bd = s.targets["hamiltonian"]
+    orbitals = torch.arange(len(fr.atoms) * 4)
+    got = bloch_blocks(on, bd, s.bond_i, s.bond_j, s.bond_shift, torch.as_tensor(k), orbitals)
+    want = fr.operators["hamiltonian"].bloch(k)
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-12)
+    np.testing.assert_allclose(got.numpy(), np.conj(np.swapaxes(got.numpy(), 1, 2)), atol=1e-14)
+
+
+def test_generalized_eigenvalues_match_scipy(frames):
+    import scipy.linalg as sl
+
+    fr = frames[1]
+    k = np.array([[0.1, 0.2, -0.3]])
+    h, s = fr.operators["hamiltonian"].bloch(k)[0], fr.operators["overlap"].bloch(k)[0]
+    got = generalized_eigvalsh(torch.as_tensor(h)[None], torch.as_tensor(s)[None])[0].numpy()
+    np.testing.assert_allclose(got, sl.eigh(h, s, eigvals_only=True), atol=1e-10)
+
+
+def test_exact_blocks_have_no_band_error_and_the_gradient_is_right(frames):
+    fr = frames[2]
+    s = sample_of(fr)
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    ref = band_reference(fr, mask, s.species, extra=4)
+    assert ref.n_bands == 2 * len(fr.atoms) + 4
+    k = np.random.default_rng(1).uniform(-0.5, 0.5, (2, 3))
+    on, bd = s.targets["hamiltonian"]
+    err = band_errors(ref, on, bd, s.bond_i, s.bond_j, s.bond_shift, k)
+    assert float(err.max()) < 1e-9
+    # perturbed blocks: autograd directional derivative against central differences
+    g = torch.Generator().manual_seed(0)
+    on_p = (on + 0.05 * torch.randn(on.shape, generator=g, dtype=on.dtype)).requires_grad_(True)
+    bd_p = (bd + 0.05 * torch.randn(bd.shape, generator=g, dtype=bd.dtype)).requires_grad_(True)
+    f = lambda a, b: band_errors(ref, a, b, s.bond_i, s.bond_j, s.bond_shift, k).mean()  # noqa: E731
+    val = f(on_p, bd_p)
+    assert float(val.detach()) > 1e-3
+    val.backward()
+    d_on = torch.randn(on.shape, generator=g, dtype=on.dtype)
+    d_bd = torch.randn(bd.shape, generator=g, dtype=bd.dtype)
+    analytic = float((on_p.grad * d_on).sum() + (bd_p.grad * d_bd).sum())
+    h = 1e-6
+    with torch.no_grad():
+        numeric = float(f(on_p + h * d_on, bd_p + h * d_bd) - f(on_p - h * d_on, bd_p - h * d_bd)) / (2 * h)
+    assert abs(analytic - numeric) < 1e-5 * max(1.0, abs(numeric))
+
+
+def test_a_frame_without_electron_count_is_named(frames, tmp_path):
+    bad = sk_silicon_frames(5, seed=3)  # no results["nelectron"]
+    cfg = config_from_dict(tiny_config(tmp_path / "r", train={"steps": 2, "band_weight": 1.0}))
+    with pytest.raises(Exception, match="electron count"):
+        train(cfg, frames=bad, log=quiet)
+
+
+def rows(path, split):
+    with open(path, newline="") as fh:
+        return [r for r in csv.DictReader(fh) if r["split"] == split]
+
+
+def test_training_with_the_band_term_and_fine_tuning_from_a_checkpoint(frames, tmp_path):
+    base = config_from_dict(tiny_config(tmp_path / "base", train={"steps": 20, "lr": 0.02, "eval_every": 10}))
+    res = train(base, frames=frames, log=quiet)
+    assert "bands" not in res.validation
+
+    over = {"steps": 30, "lr": 0.01, "eval_every": 10, "band_weight": 1.0, "band_kpoints": 2,
+            "init_from": str(res.checkpoint), "warmup_steps": 0}
+    tuned = train(config_from_dict(tiny_config(tmp_path / "tuned", train=over)), frames=frames, log=quiet)
+    val = rows(tuned.metrics_csv, "val")
+    band = [float(r["mae bands all [meV]"]) for r in val]
+    tr = [float(r["mae bands all [meV]"]) for r in rows(tuned.metrics_csv, "train")]
+    assert len(tr) == 30 and all(np.isfinite(tr))
+    assert band[-1] < band[0]
+    assert tuned.validation["bands"]["unit"] == "meV"
+    from ase_slem.train.checkpoint import load_checkpoint
+    assert load_checkpoint(tuned.checkpoint)["dataset"]["split"] == load_checkpoint(res.checkpoint)["dataset"]["split"]
+    # fine-tuning starts where the first run ended, not from fresh weights
+    first = lambda path: sum(float(rows(path, "train")[0][f"loss {op}"]) for op in ("hamiltonian", "overlap"))  # noqa: E731
+    assert first(tuned.metrics_csv) < 0.3 * first(res.metrics_csv)
+
+    wrong = dict(over, init_from=str(res.checkpoint))
+    cfg = tiny_config(tmp_path / "wrong", train=wrong, model={"channels": 3})
+    with pytest.raises(ConfigError, match="model.channels"):
+        train(config_from_dict(cfg), frames=frames, log=quiet)
+    missing = dict(over, init_from=str(tmp_path / "nope.pt"))
+    with pytest.raises(ConfigError, match="does not exist"):
+        train(config_from_dict(tiny_config(tmp_path / "m", train=missing)), frames=frames, log=quiet)
