@@ -24,7 +24,7 @@ from ase_slem.train.loop import load_frames, train
 
 def run(config_path: str, fractions, steps=None, output_root=None, resume=False, progress=False):
     base = load_config(config_path)
-    frames, names = load_frames(base.data.path, base.data.max_frames)
+    frames, names = load_frames(base.data.path, base.data.max_frames, base.data.exclude)
     root = Path(output_root) if output_root else Path(base.output).parent / "data_efficiency"
     rows = []
     for f in fractions:

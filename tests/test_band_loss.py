@@ -122,3 +122,19 @@ def test_training_with_the_band_term_and_fine_tuning_from_a_checkpoint(frames, t
     missing = dict(over, init_from=str(tmp_path / "nope.pt"))
     with pytest.raises(ConfigError, match="does not exist"):
         train(config_from_dict(tiny_config(tmp_path / "m", train=missing)), frames=frames, log=quiet)
+
+
+def test_molecules_use_gamma_and_exact_blocks_give_the_pyscf_orbital_energies():
+    from _train_helpers import water_frames
+
+    fr = water_frames(1, seed=4)[0]
+    s = make_sample(fr, "w", ["H", "O"], 5, 4.0, 4.0, ["hamiltonian", "overlap"], torch.float64)
+    counts = torch.tensor([1, 5])  # sto-3g: H 1s, O 1s2s2p
+    mask = torch.arange(5)[None, :] < counts[:, None]
+    ref = band_reference(fr, mask, s.species, extra=2)
+    assert not ref.periodic and ref.n_bands == 5 + 2 and ref.orbitals.numel() == 7
+    on, bd = s.targets["hamiltonian"]
+    k = np.zeros((1, 3))
+    assert float(band_errors(ref, on, bd, s.bond_i, s.bond_j, s.bond_shift, k).max()) < 1e-9
+    shifted = band_errors(ref, on + 0.01 * torch.eye(5, dtype=on.dtype), bd, s.bond_i, s.bond_j, s.bond_shift, k)
+    assert float(shifted.min()) > 1e-4  # a change of the onsite energies is seen

@@ -103,6 +103,8 @@ class TrainConfig:
     mae_weight, mse_weight: loss = sum over operators of weight * (mae_weight * MAE +
         mse_weight * MSE) of the normalized irreps of the blocks.
     operator_weights: per operator loss weight (default 1 each).
+    onsite_weight: weight of an onsite block's components relative to a bond's in that loss
+        (default 1; crystals with long cutoffs have ~100 bonds per atom).
     dtype: "float32" (default) or "float64".
     seed: seed of the weight initialisation.
     eval_every, checkpoint_every: in steps (the last step always does both).
@@ -134,6 +136,7 @@ class TrainConfig:
     mae_weight: float = 1.0
     mse_weight: float = 1.0
     operator_weights: dict = field(default_factory=dict)
+    onsite_weight: float = 1.0
     dtype: str = "float32"
     seed: int = 0
     eval_every: int = 50
@@ -374,6 +377,8 @@ def validate(cfg: Config) -> list[str]:
         p.append("train.eval_every and train.checkpoint_every must be at least 1")
     if t.divergence_factor <= 1:
         p.append(f"train.divergence_factor must be > 1, got {t.divergence_factor}")
+    if t.onsite_weight <= 0:
+        p.append(f"train.onsite_weight must be positive, got {t.onsite_weight}")
     if t.band_weight < 0:
         p.append(f"train.band_weight must be >= 0 (0 = off), got {t.band_weight}")
     if t.band_weight > 0 and "hamiltonian" not in d.operators:

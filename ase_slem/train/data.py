@@ -366,13 +366,17 @@ def _floor(sigma: Tensor, relative: float = 1e-3) -> Tensor:
 
 
 def normalized_loss_terms(normalizer: OperatorNormalizer, outputs: Dict[str, Tensor], batch: Sample,
-                          op: str) -> Tuple[Tensor, Tensor]:
-    """(MAE, MSE) of the normalized irreps errors of ``op`` over onsite and bond blocks."""
+                          op: str, onsite_weight: float = 1.0) -> Tuple[Tensor, Tensor]:
+    """(MAE, MSE) of the normalized irreps errors of ``op`` over onsite and bond blocks.
+
+    ``onsite_weight``: weight of an onsite component relative to a bond component (a crystal
+    with a 10 Å cutoff has ~100 bonds per atom, so its onsite blocks are ~1 % of the terms).
+    """
     si, sj = batch.bond_species
     tgt_on, tgt_b = batch.targets[op]
     e_on, m_on, e_b, m_b = normalizer.normalized_errors(
         outputs[op + "_onsite"], tgt_on, batch.species, outputs[op + "_bond"], tgt_b, si, sj)
-    w_on = m_on.to(e_on.dtype)
+    w_on = onsite_weight * m_on.to(e_on.dtype)
     w_b = m_b.to(e_b.dtype)
     count = w_on.sum() + w_b.sum()
     count = torch.clamp(count, min=1.0)
