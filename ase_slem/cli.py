@@ -546,16 +546,20 @@ def cmd_formats(args) -> None:
 def cmd_train(args) -> None:
     from .train import TrainingDiverged, load_config, train
 
-    cfg = load_config(args.config)
-    if args.no_progress:
-        cfg.train.progress = False
-    try:
-        result = train(cfg, resume=args.resume)
-    except TrainingDiverged as err:
-        raise CommandError(str(err)) from None
-    except KeyboardInterrupt:
-        raise CommandError(f"interrupted; continue with: ase-slem train {args.config} --resume") from None
-    print(f"wrote {result.checkpoint} (step {result.step}), {result.best_checkpoint} and {result.metrics_csv}")
+    configs = [load_config(c) for c in args.config]  # every config is checked before anything trains
+    for path, cfg in zip(args.config, configs):
+        if args.no_progress:
+            cfg.train.progress = False
+        resume = args.resume and (cfg.checkpoint_dir / "last.pt").exists()
+        if len(configs) > 1:
+            print(f"== {path}: {'resuming' if resume else 'training'} {cfg.output}", flush=True)
+        try:
+            result = train(cfg, resume=resume)
+        except TrainingDiverged as err:
+            raise CommandError(str(err)) from None
+        except KeyboardInterrupt:
+            raise CommandError(f"interrupted; continue with: ase-slem train {' '.join(args.config)} --resume") from None
+        print(f"wrote {result.checkpoint} (step {result.step}), {result.best_checkpoint} and {result.metrics_csv}")
 
 
 def cmd_export(args) -> None:
@@ -709,8 +713,12 @@ def build_parser() -> argparse.ArgumentParser:
     f.set_defaults(func=cmd_formats)
 
     t = sub.add_parser("train", help="train a SLEM model from a YAML/TOML config (checkpoints, metrics.csv)")
-    t.add_argument("config", help="training config (.yaml, .yml or .toml); see configs/")
-    t.add_argument("--resume", action="store_true", help="continue exactly from <output>/checkpoints/last.pt")
+    t.add_argument("config", nargs="+",
+                   help="training config (.yaml, .yml or .toml); see configs/. Several run one after the other "
+                        "(stages: a later one may fine-tune an earlier one's checkpoint with train.init_from)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue exactly from <output>/checkpoints/last.pt (with several configs: each run "
+                        "that has a checkpoint; finished ones are skipped, the others start)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
 

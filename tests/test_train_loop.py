@@ -197,6 +197,16 @@ def test_cli_train_and_export_on_water(tmp_path, capsys):
     assert set(ops) == {"hamiltonian", "overlap", "density_matrix"} and not ops["hamiltonian"].periodic
     h = ops["hamiltonian"].to_sparse().toarray()
     assert h.shape == (7, 7) and np.allclose(h, h.T) and math.isfinite(float(np.abs(h).sum()))
+    # two stages in one command: the second fine-tunes the first with the orbital-energy term;
+    # --resume skips the finished first stage and runs the second
+    stage2 = dict(cfg, output=str(tmp_path / "run2"))
+    stage2["train"] = dict(cfg["train"], init_from=str(ckpt), band_weight=1.0, steps=3)
+    (tmp_path / "w2.yaml").write_text(yaml.safe_dump(stage2))
+    assert main(["train", str(tmp_path / "w.yaml"), str(tmp_path / "w2.yaml"), "--resume", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "resuming " + str(tmp_path / "run") in out and "training " + str(tmp_path / "run2") in out
+    assert "bands MAE [meV]" in out
+    assert load_checkpoint(tmp_path / "run2" / "checkpoints" / "last.pt")["step"] == 3
     # bad input: one line on stderr, exit status 1
     cfg["train"]["lrr"] = 1.0
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
