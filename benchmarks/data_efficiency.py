@@ -7,7 +7,7 @@ as in the SLEM paper's Table 5.  Each fraction trains in its own run folder
 MAE per operator (H in meV, per block type) for each fraction.
 
     python benchmarks/data_efficiency.py configs/si_pbe_dzvp.yaml [--fractions 0.2 0.4 0.6 0.8 1.0]
-        [--steps N] [--output-root runs/data_efficiency] [--resume] [--json out.json]
+        [--steps N] [--threads N] [--output-root runs/data_efficiency] [--resume] [--json out.json]
 
 Full-scale runs take hours on 2 cores: run them with ``nice`` in the background.
 """
@@ -22,7 +22,7 @@ from ase_slem.train.config import config_from_dict, load_config
 from ase_slem.train.loop import load_frames, train
 
 
-def run(config_path: str, fractions, steps=None, output_root=None, resume=False, progress=False):
+def run(config_path: str, fractions, steps=None, output_root=None, resume=False, progress=False, threads=None):
     base = load_config(config_path)
     frames, names = load_frames(base.data.path, base.data.max_frames, base.data.exclude)
     root = Path(output_root) if output_root else Path(base.output).parent / "data_efficiency"
@@ -33,6 +33,9 @@ def run(config_path: str, fractions, steps=None, output_root=None, resume=False,
         d["output"] = str(root / f"{base.name}_f{round(100 * f):03d}")
         if steps is not None:
             d["train"]["steps"] = int(steps)
+            d["train"]["warmup_steps"] = min(d["train"]["warmup_steps"], int(steps) // 10)
+        if threads is not None:
+            d["train"]["num_threads"] = int(threads)
         d["train"]["progress"] = progress
         cfg = config_from_dict(d)
         done = (Path(cfg.output) / "checkpoints" / "last.pt").exists()
@@ -75,11 +78,12 @@ def main():
     p.add_argument("--output-root", help="folder of the runs (default: beside the config's output)")
     p.add_argument("--resume", action="store_true", help="continue runs that have a checkpoint")
     p.add_argument("--progress", action="store_true", help="show progress bars")
+    p.add_argument("--threads", type=int, help="override train.num_threads")
     p.add_argument("--json", help="write the table as JSON here")
     args = p.parse_args()
     if any(not 0 < f <= 1 for f in args.fractions):
         p.error("fractions must lie in (0, 1]")
-    rows = run(args.config, args.fractions, args.steps, args.output_root, args.resume, args.progress)
+    rows = run(args.config, args.fractions, args.steps, args.output_root, args.resume, args.progress, args.threads)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"config": args.config, "rows": rows}, fh, indent=2)
