@@ -149,3 +149,35 @@ def test_basis_checks(frames):
     with pytest.raises(BasisMismatchError, match="contains C, which the model does not know"):
         check_basis_matches({"Si": [0, 1]}, {"C": [0, 1]})
     assert dataset_basis(frames, ["a", "b", "c"]) == {"Si": [0, 1]}
+
+
+def test_sigma_power_weights_channels_by_their_spread(frames):
+    """sigma_power 0 is the normalized error; 1 is the error in eV over one common scale; 1/2
+    lies between (geometric mean of the two)."""
+    smp = samples_of(frames)
+    with default_dtype(torch.float64):
+        norm = OperatorNormalizer({"Si": [0, 1]})
+    norm.fit(smp, "hamiltonian")
+    s = smp[0]
+    on, bd = s.targets["hamiltonian"]
+    g = torch.Generator().manual_seed(0)
+    p_on = on + 0.01 * torch.randn(on.shape, generator=g, dtype=on.dtype)
+    p_bd = bd + 0.01 * torch.randn(bd.shape, generator=g, dtype=bd.dtype)
+    si, sj = s.bond_species
+    args = (p_on, on, s.species, p_bd, bd, si, sj)
+    e0_on, m_on, e0_b, m_b = norm.normalized_errors(*args)
+    e1_on, _, e1_b, _ = norm.normalized_errors(*args, sigma_power=1.0)
+    eh_on, _, eh_b, _ = norm.normalized_errors(*args, sigma_power=0.5)
+    ref = norm.reference_scale()
+    # power 1: the plain irreps error in eV divided by the one reference scale
+    t = si * norm.n_species + sj
+    d_b = norm.we_edge.to_irreps(p_bd - bd, t)
+    assert torch.allclose(e1_b * ref, d_b, atol=1e-12)
+    assert torch.allclose(e1_on * ref, norm.we_node.to_irreps(p_on - on, s.species), atol=1e-12)
+    # channels of different spread are weighted differently at power 1, not at power 0
+    sig_b = norm.sigma_edge[0][norm.edge_channel]
+    assert torch.allclose(e0_b * sig_b, d_b, atol=1e-12)
+    assert float(sig_b[m_b[0]].max() / sig_b[m_b[0]].min()) > 1.5
+    assert torch.allclose(eh_b.abs(), (e0_b.abs() * e1_b.abs()).sqrt(), atol=1e-12)
+    assert ref > 0 and torch.isclose(ref, torch.cat([norm.sigma_node.flatten(), norm.sigma_edge.flatten()])[
+        torch.cat([norm.sigma_node.flatten(), norm.sigma_edge.flatten()]) != 1.0].median())

@@ -105,6 +105,10 @@ class TrainConfig:
     operator_weights: per operator loss weight (default 1 each).
     onsite_weight: weight of an onsite block's components relative to a bond's in that loss
         (default 1; crystals with long cutoffs have ~100 bonds per atom).
+    sigma_power: p in [0, 1]; each irreps channel's error is weighted by
+        (sigma / median sigma)**p (default 0: the normalized loss of Eq. 3; 1: errors in eV over
+        one common scale, which makes the large core-valence hoppings of all-electron bases count
+        by their size).
     dtype: "float32" (default) or "float64".
     seed: seed of the weight initialisation.
     eval_every, checkpoint_every: in steps (the last step always does both).
@@ -137,6 +141,7 @@ class TrainConfig:
     mse_weight: float = 1.0
     operator_weights: dict = field(default_factory=dict)
     onsite_weight: float = 1.0
+    sigma_power: float = 0.0
     dtype: str = "float32"
     seed: int = 0
     eval_every: int = 50
@@ -379,6 +384,8 @@ def validate(cfg: Config) -> list[str]:
         p.append(f"train.divergence_factor must be > 1, got {t.divergence_factor}")
     if t.onsite_weight <= 0:
         p.append(f"train.onsite_weight must be positive, got {t.onsite_weight}")
+    if not 0.0 <= t.sigma_power <= 1.0:
+        p.append(f"train.sigma_power must be in [0, 1], got {t.sigma_power}")
     if t.band_weight < 0:
         p.append(f"train.band_weight must be >= 0 (0 = off), got {t.band_weight}")
     if t.band_weight > 0 and "hamiltonian" not in d.operators:

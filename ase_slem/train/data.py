@@ -341,16 +341,33 @@ class OperatorNormalizer(torch.nn.Module):
         self.mu_edge.copy_(mu)
         self.sigma_edge.copy_(_floor(sig))
 
+    def reference_scale(self) -> Tensor:
+        """Median of the fitted channel scales (onsite and bond together), a scalar."""
+        sig = torch.cat([self.sigma_node.flatten(), self.sigma_edge.flatten()])
+        fitted = sig[sig != 1.0]
+        return fitted.median() if fitted.numel() else torch.ones((), dtype=sig.dtype)
+
     def normalized_errors(self, pred_onsite: Tensor, tgt_onsite: Tensor, species: Tensor,
-                          pred_bond: Tensor, tgt_bond: Tensor, species_i: Tensor, species_j: Tensor
-                          ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(onsite error ``(N, d_node)``, onsite mask, bond error ``(P, d_edge)``, bond mask)."""
+                          pred_bond: Tensor, tgt_bond: Tensor, species_i: Tensor, species_j: Tensor,
+                          sigma_power: float = 0.0) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(onsite error ``(N, d_node)``, onsite mask, bond error ``(P, d_edge)``, bond mask).
+
+        ``sigma_power`` p weights each channel's error by ``(sigma / median sigma)**p``: 0 is
+        the normalized error of Eq. 3, 1 the error in the operator's units over one common scale
+        (so channels of large spread, such as core-valence hoppings, count as much as their
+        size in eV)."""
         d_on = self.we_node.to_irreps(pred_onsite - tgt_onsite, species)
-        e_on = d_on / self.sigma_node.index_select(0, species).index_select(1, self.node_channel)
+        s_on = self.sigma_node.index_select(0, species).index_select(1, self.node_channel)
         m_on = self.we_node.component_mask.index_select(0, species)
         t = species_i * self.n_species + species_j
         d_b = self.we_edge.to_irreps(pred_bond - tgt_bond, t)
-        e_b = d_b / self.sigma_edge.index_select(0, t).index_select(1, self.edge_channel)
+        s_b = self.sigma_edge.index_select(0, t).index_select(1, self.edge_channel)
+        if sigma_power != 0.0:
+            ref = self.reference_scale()
+            s_on = s_on.pow(1.0 - sigma_power) * ref.pow(sigma_power)
+            s_b = s_b.pow(1.0 - sigma_power) * ref.pow(sigma_power)
+        e_on = d_on / s_on
+        e_b = d_b / s_b
         m_b = self.we_edge.component_mask.index_select(0, t)
         return e_on, m_on, e_b, m_b
 
@@ -366,8 +383,11 @@ def _floor(sigma: Tensor, relative: float = 1e-3) -> Tensor:
 
 
 def normalized_loss_terms(normalizer: OperatorNormalizer, outputs: Dict[str, Tensor], batch: Sample,
-                          op: str, onsite_weight: float = 1.0) -> Tuple[Tensor, Tensor]:
+                          op: str, onsite_weight: float = 1.0, sigma_power: float = 0.0
+                          ) -> Tuple[Tensor, Tensor]:
     """(MAE, MSE) of the normalized irreps errors of ``op`` over onsite and bond blocks.
+
+    ``sigma_power``: see :meth:`OperatorNormalizer.normalized_errors`.
 
     ``onsite_weight``: weight of an onsite component relative to a bond component (a crystal
     with a 10 Å cutoff has ~100 bonds per atom, so its onsite blocks are ~1 % of the terms).
@@ -375,7 +395,8 @@ def normalized_loss_terms(normalizer: OperatorNormalizer, outputs: Dict[str, Ten
     si, sj = batch.bond_species
     tgt_on, tgt_b = batch.targets[op]
     e_on, m_on, e_b, m_b = normalizer.normalized_errors(
-        outputs[op + "_onsite"], tgt_on, batch.species, outputs[op + "_bond"], tgt_b, si, sj)
+        outputs[op + "_onsite"], tgt_on, batch.species, outputs[op + "_bond"], tgt_b, si, sj,
+        sigma_power)
     w_on = onsite_weight * m_on.to(e_on.dtype)
     w_b = m_b.to(e_b.dtype)
     count = w_on.sum() + w_b.sum()

@@ -181,7 +181,7 @@ def _loss(model_out, batch: Sample, normalizers, weights: Dict[str, float], t,
     total = 0.0
     parts = {}
     for op, norm in normalizers.items():
-        mae, mse = normalized_loss_terms(norm, model_out, batch, op, t.onsite_weight)
+        mae, mse = normalized_loss_terms(norm, model_out, batch, op, t.onsite_weight, t.sigma_power)
         term = t.mae_weight * mae + t.mse_weight * mse
         parts[op] = term
         total = total + weights.get(op, 1.0) * term
