@@ -40,11 +40,10 @@ def _blocks_within(op, atoms, r: float):
 def block_mae(model, frames, names):
     import torch
 
-    from ase_slem.train.data import make_sample
+    from ase_slem.train.data import make_sample, padded_orbital_mask
     from ase_slem.train.metrics import MAEAccumulator
 
-    counts = torch.tensor([model.orbital_counts[el] for el in model.symbols])
-    mask = torch.arange(model.max_norb)[None, :] < counts[:, None]  # (n_species, M): real orbitals
+    mask = padded_orbital_mask([model.orbital_counts[el] for el in model.symbols], model.max_norb)
     acc = MAEAccumulator(model.symbols, mask)
     for frame, name in zip(frames, names):
         s = make_sample(frame, name, model.symbols, model.max_norb, model.r_graph, model.r_bond,

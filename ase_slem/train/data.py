@@ -218,6 +218,13 @@ def gather_padded_blocks(op: RealSpaceOperator, i: np.ndarray, j: np.ndarray, R:
     return out, uncovered
 
 
+def padded_orbital_mask(orbital_counts: Sequence[int], max_norb: int) -> Tensor:
+    """``(n_species, max_norb)`` bool: which rows/columns of a padded block are real orbitals
+    of each species (``orbital_counts`` in the model's species order)."""
+    counts = torch.as_tensor(list(orbital_counts))
+    return torch.arange(max_norb)[None, :] < counts[:, None]
+
+
 def make_sample(frame: Frame, name: str, symbols: Sequence[str], max_norb: int, r_graph: float,
                 r_bond: float, operators: Sequence[str], dtype: torch.dtype) -> Sample:
     """Build the graph of ``frame.atoms`` and gather its target blocks."""

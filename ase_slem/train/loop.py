@@ -38,7 +38,7 @@ from .checkpoint import (DTYPES, build_model, default_dtype, load_checkpoint, rn
 from .config import RESUMABLE_CHANGES, Config, ConfigError, config_differences, load_config
 from .data import (OperatorNormalizer, Sample, TrainingDataError, average_neighbors, check_basis_matches,
                    check_frames, collate, dataset_basis, make_sample, normalized_loss_terms,
-                   onsite_overlap_means, split_indices)
+                   onsite_overlap_means, padded_orbital_mask, split_indices)
 from .band_loss import band_reference, batch_band_mae
 from .metrics import MAEAccumulator, UNITS, block_type_names, format_metrics
 
@@ -351,8 +351,7 @@ def _prepare_data(cfg: Config, frames, frame_names, state: Optional[dict], say,
     dtype = DTYPES[cfg.train.dtype]
     samples = [make_sample(fr, nm, symbols, max_norb, r_graph, r_bond, ops, dtype) for fr, nm in zip(frames, names)]
     if cfg.train.band_weight > 0:
-        counts = torch.tensor([sum(2 * l + 1 for l in basis[el]) for el in symbols])
-        mask = torch.arange(max_norb)[None, :] < counts[:, None]  # (n_species, M): real orbitals
+        mask = padded_orbital_mask([sum(2 * l + 1 for l in basis[el]) for el in symbols], max_norb)
         for fr, sm in zip(frames, samples):
             try:
                 sm.band_refs = [band_reference(fr, mask, sm.species, cfg.train.band_extra)]
