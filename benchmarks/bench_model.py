@@ -11,7 +11,8 @@ For each cell size, in a fresh process (so that peak memory is that of one measu
 wall time (best of ``--repeat``), atoms per second, and peak resident memory added by the
 measurement (Linux VmHWM after resetting it).  The inference times of ``--scaling`` sizes are
 fitted with t = a + b N and log t = c + s log N: strict locality makes the cost linear in the
-number of atoms (s close to 1).
+number of atoms (s close to 1), once the per-edge tensors outgrow the CPU caches (on small cells
+the same work runs from cache, so the slope over the largest three sizes is printed as well).
 
     python benchmarks/bench_model.py [--sizes 64 512] [--scaling 64 128 216 512] [--threads 1]
                                      [--repeat 2] [--no-train] [--json out.json]
@@ -212,7 +213,8 @@ def main():
     args = p.parse_args()
 
     rows = []
-    print(f"{'what':10s} {'atoms':>6s} {'edges':>7s} {'time s':>9s} {'atoms/s':>9s} {'peak MB':>9s} {'net s':>8s}")
+    print(f"{'what':10s} {'atoms':>6s} {'edges':>7s} {'time s':>9s} {'atoms/s':>9s} {'peak MB':>9s} {'net s':>8s}"
+          f" {'net us/edge':>11s}")
     kinds = (["train"] if not args.no_train else []) + ["inference"]
     sizes = sorted(set(args.sizes) | set(args.scaling))
     for kind in kinds:
@@ -222,7 +224,8 @@ def main():
             if "error" in r:
                 print(f"{kind:10s} {n:6d}  error: {r['error']}")
                 continue
-            net = f"{r['network_time_s']:8.3f}" if "network_time_s" in r else ""
+            net = (f"{r['network_time_s']:8.3f} {1e6 * r['network_time_s'] / r['edges']:11.1f}"
+                   if "network_time_s" in r else "")
             print(f"{kind:10s} {n:6d} {r['edges']:7d} {r['time_s']:9.3f} {r['atoms_per_s']:9.1f} "
                   f"{r['peak_mb']:9.1f} {net}", flush=True)
     inf = [r for r in rows if r.get("kind") == "inference" and "error" not in r and r["natoms"] in args.scaling]
@@ -230,6 +233,11 @@ def main():
     if fit:
         print(f"inference scaling over {fit['sizes']} atoms: log-log slope {fit['loglog_slope']:.2f}, "
               f"{1e3 * fit['per_atom_s']:.2f} ms per atom + {fit['offset_s']:.3f} s")
+        big = sorted(inf, key=lambda r: r["natoms"])[-3:]
+        if len(inf) > 3:  # small cells fit in the CPU caches; the asymptotic slope is that of the largest
+            tail = fit_scaling(big)
+            fit["largest_three"] = tail
+            print(f"  over the largest three {tail['sizes']}: log-log slope {tail['loglog_slope']:.2f}")
     params = next((r["n_parameters"] for r in rows if "n_parameters" in r), None)
     machine = {"platform": platform.platform(), "processor": platform.processor(), "threads": args.threads,
                "cpu_count": mp.cpu_count()}

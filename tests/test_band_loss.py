@@ -138,3 +138,27 @@ def test_molecules_use_gamma_and_exact_blocks_give_the_pyscf_orbital_energies():
     assert float(band_errors(ref, on, bd, s.bond_i, s.bond_j, s.bond_shift, k).max()) < 1e-9
     shifted = band_errors(ref, on + 0.01 * torch.eye(5, dtype=on.dtype), bd, s.bond_i, s.bond_j, s.bond_shift, k)
     assert float(shifted.min()) > 1e-4  # a change of the onsite energies is seen
+
+
+def test_band_skip_leaves_the_core_level_out():
+    """band_skip = 1 on water compares levels 1 .. 6 only: an error on the O 1s onsite element
+    alone, which moves the core level most, barely registers; a bad skip is refused."""
+    from _train_helpers import water_frames
+
+    fr = water_frames(1, seed=4)[0]
+    s = make_sample(fr, "w", ["H", "O"], 5, 4.0, 4.0, ["hamiltonian", "overlap"], torch.float64)
+    mask = torch.arange(5)[None, :] < torch.tensor([1, 5])[:, None]
+    full = band_reference(fr, mask, s.species, extra=2)
+    core_out = band_reference(fr, mask, s.species, extra=2, skip=1)
+    on, bd = s.targets["hamiltonian"]
+    o = int(torch.nonzero(s.species == 1)[0])
+    bump = torch.zeros_like(on)
+    bump[o, 0, 0] = 1.0  # 1 eV on the O 1s onsite element
+    k = np.zeros((1, 3))
+    e_full = band_errors(full, on + bump, bd, s.bond_i, s.bond_j, s.bond_shift, k)
+    e_skip = band_errors(core_out, on + bump, bd, s.bond_i, s.bond_j, s.bond_shift, k)
+    assert e_full.shape == (1, 7) and e_skip.shape == (1, 6)
+    assert torch.allclose(e_skip, e_full[:, 1:])
+    assert float(e_full[0, 0]) > 0.5 and float(e_skip.max()) < 0.1 * float(e_full[0, 0])
+    with pytest.raises(ValueError, match="cannot leave out the lowest 7"):
+        band_reference(fr, mask, s.species, extra=2, skip=7)

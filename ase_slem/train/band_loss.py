@@ -32,6 +32,8 @@ class BandReference:
     orbitals: (norb,) positions of the real orbitals in the padded (atom, M) layout, row-major.
     n_bands: bands compared (occupied + extra), counted from the lowest.
     periodic: k-points are drawn at random when true; Gamma only otherwise.
+    skip: the lowest ``skip`` bands are left out (core levels of all-electron bases, whose
+        errors of a few hundred meV on levels at -270 eV would otherwise dominate the term).
     """
 
     hamiltonian: RealSpaceOperator
@@ -39,11 +41,12 @@ class BandReference:
     orbitals: Tensor
     n_bands: int
     periodic: bool
+    skip: int = 0
 
 
-def band_reference(frame, orbital_mask: Tensor, species: Tensor, extra: int) -> BandReference:
+def band_reference(frame, orbital_mask: Tensor, species: Tensor, extra: int, skip: int = 0) -> BandReference:
     """The :class:`BandReference` of a frame (``orbital_mask`` (n_species, M) of the model,
-    ``species`` (N,) the frame's species indices)."""
+    ``species`` (N,) the frame's species indices); bands ``skip .. n_occ + extra - 1``."""
     mask = orbital_mask.index_select(0, species).reshape(-1)
     orbitals = torch.nonzero(mask).reshape(-1)
     nel = frame.results.get("nelectron")
@@ -51,8 +54,10 @@ def band_reference(frame, orbital_mask: Tensor, species: Tensor, extra: int) -> 
         raise ValueError("band loss: the frame records no electron count (results['nelectron'])")
     n_occ = int(round(float(nel))) // 2
     n_bands = min(n_occ + extra, int(orbitals.numel()))
+    if not 0 <= skip < n_bands:
+        raise ValueError(f"band loss: cannot leave out the lowest {skip} of the {n_bands} compared bands")
     return BandReference(frame.operators["hamiltonian"], frame.operators["overlap"], orbitals, n_bands,
-                         bool(np.any(frame.atoms.pbc)))
+                         bool(np.any(frame.atoms.pbc)), skip)
 
 
 def bloch_blocks(onsite: Tensor, bonds: Tensor, bond_i: Tensor, bond_j: Tensor, bond_shift: Tensor,
@@ -96,15 +101,15 @@ def random_kpoints(n: int, periodic: bool, rng: np.random.Generator) -> np.ndarr
 
 def band_errors(ref: BandReference, onsite: Tensor, bonds: Tensor, bond_i: Tensor, bond_j: Tensor,
                 bond_shift: Tensor, kpts: np.ndarray) -> Tensor:
-    """|e_pred - e_DFT| (eV) of the compared bands at ``kpts``: (K, n_bands), differentiable
+    """|e_pred - e_DFT| (eV) of the compared bands at ``kpts``: (K, n_bands - skip), differentiable
     in the predicted H blocks."""
     k = torch.as_tensor(kpts, dtype=torch.float64)
     s_k = torch.as_tensor(ref.overlap.bloch(kpts).reshape(len(kpts), ref.overlap.norb, -1))
     h_ref = torch.as_tensor(ref.hamiltonian.bloch(kpts).reshape(len(kpts), ref.hamiltonian.norb, -1))
     with torch.no_grad():
-        e_ref = generalized_eigvalsh(h_ref, s_k)[:, : ref.n_bands]
+        e_ref = generalized_eigvalsh(h_ref, s_k)[:, ref.skip: ref.n_bands]
     h_k = bloch_blocks(onsite, bonds, bond_i, bond_j, bond_shift, k, ref.orbitals)
-    e = generalized_eigvalsh(h_k, s_k)[:, : ref.n_bands]
+    e = generalized_eigvalsh(h_k, s_k)[:, ref.skip: ref.n_bands]
     return (e - e_ref).abs()
 
 

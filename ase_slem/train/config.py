@@ -121,6 +121,8 @@ class TrainConfig:
         occupied bands and band_extra empty ones, at band_kpoints random k per periodic frame
         and step (Gamma for molecules); see :mod:`ase_slem.train.band_loss`.  Needs
         hamiltonian in data.operators.
+    band_skip: the lowest band_skip levels are left out of the band term (core levels of
+        all-electron bases: 1 for water, 3 for ethanol in def2-svp).
     init_from: start from the (EMA) weights and normalization of this checkpoint (fine-tuning,
         e.g. with the band term on); a new run with its own schedule and optimizer.  The model
         section must equal the checkpoint's.
@@ -152,6 +154,7 @@ class TrainConfig:
     band_weight: float = 0.0
     band_kpoints: int = 4
     band_extra: int = 4
+    band_skip: int = 0
     init_from: Optional[str] = None
 
 
@@ -392,6 +395,8 @@ def validate(cfg: Config) -> list[str]:
         p.append("train.band_weight > 0 needs hamiltonian in data.operators")
     if t.band_kpoints < 1 or t.band_extra < 0:
         p.append(f"train.band_kpoints must be >= 1 and train.band_extra >= 0, got {t.band_kpoints}, {t.band_extra}")
+    if t.band_skip < 0:
+        p.append(f"train.band_skip must be >= 0 (the lowest bands left out), got {t.band_skip}")
     if t.num_threads is not None and t.num_threads < 1:
         p.append(f"train.num_threads must be at least 1, got {t.num_threads}")
     return p

@@ -354,7 +354,7 @@ def _prepare_data(cfg: Config, frames, frame_names, state: Optional[dict], say,
         mask = padded_orbital_mask([sum(2 * l + 1 for l in basis[el]) for el in symbols], max_norb)
         for fr, sm in zip(frames, samples):
             try:
-                sm.band_refs = [band_reference(fr, mask, sm.species, cfg.train.band_extra)]
+                sm.band_refs = [band_reference(fr, mask, sm.species, cfg.train.band_extra, cfg.train.band_skip)]
             except ValueError as exc:
                 raise TrainingDataError(f"frame {sm.name}: {exc}") from None
     data = _Data(ops, symbols, basis, r_bond, [samples[k] for k in tr_idx], [samples[k] for k in va_idx],
