@@ -546,7 +546,7 @@ def cmd_formats(args) -> None:
 def cmd_train(args) -> None:
     from .train import TrainingDiverged, load_config, train
 
-    configs = [load_config(c) for c in args.config]  # every config is checked before anything trains
+    configs = [load_config(c, args.set) for c in args.config]  # every config is checked before anything trains
     for path, cfg in zip(args.config, configs):
         if args.no_progress:
             cfg.train.progress = False
@@ -558,7 +558,8 @@ def cmd_train(args) -> None:
         except TrainingDiverged as err:
             raise CommandError(str(err)) from None
         except KeyboardInterrupt:
-            raise CommandError(f"interrupted; continue with: ase-slem train {' '.join(args.config)} --resume") from None
+            again = " ".join([*args.config, *(f"--set {o}" for o in args.set)])
+            raise CommandError(f"interrupted; continue with: ase-slem train {again} --resume") from None
         print(f"wrote {result.checkpoint} (step {result.step}), {result.best_checkpoint} and {result.metrics_csv}")
 
 
@@ -720,6 +721,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue exactly from <output>/checkpoints/last.pt (with several configs: each run "
                         "that has a checkpoint; finished ones are skipped, the others start)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config setting in every config given, e.g. --set train.steps=2000 or "
+                        "--set train.init_from=models/si_pbe_dzvp.pt (repeatable; values read as YAML)")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("export", help="write a checkpoint as a TorchScript model file with its metadata")

@@ -148,3 +148,18 @@ def test_shipped_configs_are_valid(name):
         assert cfg.train.init_from
     assert set(cfg.data.operators) == {"hamiltonian", "overlap", "density_matrix"}
     assert cfg.model.r_cut > 0 and cfg.train.steps > 0
+
+
+def test_command_line_overrides_change_one_setting_and_are_checked(tmp_path):
+    import yaml
+
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(tiny_config(tmp_path / "run")))
+    cfg = load_config(tmp_path / "c.yaml", ["train.steps=7", "train.init_from=models/x.pt", "train.lr=1e-3"])
+    assert cfg.train.steps == 7 and cfg.train.init_from == "models/x.pt" and cfg.train.lr == 1e-3
+    assert load_config(tmp_path / "c.yaml").train.steps == 20  # the file is unchanged
+    with pytest.raises(ConfigError, match="did you mean train.steps"):
+        load_config(tmp_path / "c.yaml", ["train.stesp=7"])
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_config(tmp_path / "c.yaml", ["train.steps"])
+    with pytest.raises(ConfigError, match="train.steps"):
+        load_config(tmp_path / "c.yaml", ["train.steps=many"])

@@ -217,6 +217,45 @@ def test_cli_train_and_export_on_water(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_fine_tuning_from_an_exported_model_file_starts_from_its_weights(tmp_path, frames):
+    """Checkpoints stay on the machine that trained; model files ship.  A model file holds the
+    weights, network settings, config and split, so a later stage can start from it."""
+    from ase.build import bulk
+
+    from ase_slem.model_file import load_model, predict
+    from ase_slem.train.checkpoint import state_from_model_file
+    from ase_slem.train.export import export_checkpoint, export_model, untrained_metadata
+
+    base = train(config_from_dict(tiny_config(tmp_path / "base", train={"steps": 20, "lr": 0.02})),
+                 frames=frames, log=quiet)
+    shipped = export_checkpoint(base.checkpoint, tmp_path / "shipped.pt")
+    over = {"steps": 1, "lr": 1e-12, "min_lr": 1e-12, "warmup_steps": 0, "init_from": str(shipped)}
+    tuned = train(config_from_dict(tiny_config(tmp_path / "tuned", train=over)), frames=frames, log=quiet)
+    state = load_checkpoint(tuned.checkpoint)
+    assert state["dataset"]["split"] == load_checkpoint(base.checkpoint)["dataset"]["split"]
+    again = export_checkpoint(tuned.checkpoint, tmp_path / "again.pt", use_ema=False)
+    atoms = bulk("Si", "diamond", a=5.43)
+    atoms.positions[0] += [0.05, -0.03, 0.02]
+    h0 = predict(load_model(shipped), atoms)["hamiltonian"].to_sparse().toarray()
+    h1 = predict(load_model(again), atoms)["hamiltonian"].to_sparse().toarray()
+    assert np.abs(h0).max() > 0.1 and np.allclose(h0, h1, atol=1e-5)
+    # the normalizers are refit on the same training split: the first loss is the base run's last
+    train_loss = lambda res: [float(r["loss"]) for r in read_csv(res.metrics_csv) if r["split"] == "train"]  # noqa: E731
+    assert train_loss(tuned)[0] < 0.5 * train_loss(base)[0]
+    # a model file without a training record cannot seed a fine-tuning run
+    model = build_untrained(base)
+    bare = export_model(model, tmp_path / "bare.pt", untrained_metadata(model))
+    with pytest.raises(CheckpointError, match="split"):
+        state_from_model_file(bare)
+
+
+def build_untrained(res):
+    from ase_slem.train.checkpoint import build_model
+
+    state = load_checkpoint(res.checkpoint)
+    return build_model(state["model_args"], state["dtype"])
+
+
 def test_excluded_frames_are_left_out_and_unknown_names_reported(tmp_path, frames):
     for k, fr in enumerate(frames[:3]):
         write_frame(tmp_path / "data", fr, k)

@@ -134,3 +134,41 @@ def load_checkpoint(path: str | os.PathLike) -> Dict[str, Any]:
     if missing:
         raise CheckpointError(f"{path} is incomplete: missing {', '.join(missing)}")
     return state
+
+
+def is_model_file(path: str | os.PathLike) -> bool:
+    """True when ``path`` is an exported model file (a TorchScript archive with ase_slem metadata)."""
+    from ..model_file import ModelFileError, read_metadata
+
+    try:
+        read_metadata(path)
+    except ModelFileError:
+        return False
+    return True
+
+
+def state_from_model_file(path: str | os.PathLike) -> Dict[str, Any]:
+    """The parts of a checkpoint that an exported model file still holds, for fine-tuning
+    (``train.init_from: models/<name>.pt``): ``config``, ``model_args``, ``dtype``,
+    ``r_bond``, ``model`` (the exported -- usually EMA -- weights as a state dict of
+    :class:`~ase_slem.nn.slem.SLEM`), ``dataset`` (the split by frame name) and ``step``.
+
+    Optimizer, EMA history and loss normalizers are not in a model file: ``ema`` and
+    ``normalizers`` are None, and training refits the normalizers on the training split.
+    Raises :class:`CheckpointError` when the file lacks what fine-tuning needs."""
+    from ..model_file import read_metadata
+
+    meta = read_metadata(path)
+    net, training = meta.get("network", {}), meta.get("training", {})
+    if "args" not in net or "config" not in training or not training.get("split"):
+        raise CheckpointError(
+            f"{path}: the metadata lacks the network settings, training config or split that fine-tuning "
+            "needs (a model file exported by an older ase_slem, or not from a training run)")
+    scripted = torch.jit.load(str(path), map_location="cpu")
+    weights = {k[len("model."):]: v for k, v in scripted.state_dict().items() if k.startswith("model.")}
+    return {
+        "config": training["config"], "model_args": net["args"], "dtype": meta["dtype"],
+        "r_bond": float(meta["cutoffs"]["r_bond"]), "model": weights, "ema": None, "normalizers": None,
+        "dataset": {"split": {k: list(v) for k, v in training["split"].items()}, "path": training.get("dataset")},
+        "step": int(training.get("steps", 0)), "source": "model file",
+    }

@@ -20,7 +20,7 @@ import difflib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 OPERATORS = ("hamiltonian", "overlap", "density_matrix")
 SCHEDULES = ("cosine", "plateau", "constant")
@@ -192,8 +192,36 @@ RESUMABLE_CHANGES = {"train.steps", "train.eval_every", "train.checkpoint_every"
 # ---------------------------------------------------------------------------------------------
 # reading
 # ---------------------------------------------------------------------------------------------
-def load_config(path: str | Path) -> Config:
-    """Read a ``.yaml``/``.yml`` or ``.toml`` config file and validate it."""
+def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
+    """``raw`` with ``"section.key=value"`` settings put in (value parsed as YAML: ``3``,
+    ``1e-3``, ``[a, b]``, ``models/x.pt``); a copy, ``raw`` is left alone."""
+    import copy
+
+    import yaml
+
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise ConfigError(f"--set {item!r}: write it as section.key=value (e.g. train.steps=2000)")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        node = out
+        for p in parts[:-1]:
+            if not isinstance(node.setdefault(p, {}), dict):
+                raise ConfigError(f"--set {item!r}: {p} is not a section")
+            node = node[p]
+        node[parts[-1]] = value
+    return out
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
+    """Read a ``.yaml``/``.yml`` or ``.toml`` config file and validate it.
+
+    ``overrides``: ``"section.key=value"`` strings applied on top (see :func:`apply_overrides`)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
@@ -217,6 +245,7 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(f"{path}: unknown config format {suffix!r}; use .yaml, .yml or .toml")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the config must be a mapping with keys name, output, data, model, train")
+    raw = apply_overrides(raw, overrides) if overrides else raw
     try:
         return config_from_dict(raw)
     except ConfigError as exc:

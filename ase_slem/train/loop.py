@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 from ..io.dataset import Frame, frame_paths, read_frame
-from .checkpoint import (DTYPES, build_model, default_dtype, load_checkpoint, rng_state,
-                         save_checkpoint, set_rng_state)
+from .checkpoint import (DTYPES, build_model, default_dtype, is_model_file, load_checkpoint, rng_state,
+                         save_checkpoint, set_rng_state, state_from_model_file)
 from .config import RESUMABLE_CHANGES, Config, ConfigError, config_differences, load_config
 from .data import (OperatorNormalizer, Sample, TrainingDataError, average_neighbors, check_basis_matches,
                    check_frames, collate, dataset_basis, make_sample, normalized_loss_terms,
@@ -379,13 +379,14 @@ def _init_state(cfg: Config) -> dict:
     """The checkpoint ``train.init_from`` names, checked against the config."""
     path = Path(cfg.train.init_from)
     if not path.is_file():
-        raise ConfigError(f"train.init_from: {path} does not exist (give the checkpoint to fine-tune from)")
-    init = load_checkpoint(path)
+        raise ConfigError(f"train.init_from: {path} does not exist (give the checkpoint or exported model "
+                          "file to fine-tune from)")
+    init = state_from_model_file(path) if is_model_file(path) else load_checkpoint(path)
     diffs = config_differences({"model": init["config"]["model"]}, {"model": cfg.to_dict()["model"]})
     if diffs:
         listed = "; ".join(f"{k}: checkpoint {a!r}, config {b!r}" for k, a, b in diffs)
         raise ConfigError(f"train.init_from: the model section differs from {path}'s ({listed}); copy it from there")
-    missing = [op for op in cfg.data.operators if op not in init["normalizers"]]
+    missing = [op for op in cfg.data.operators if op not in init["model_args"]["operators"]]
     if missing:
         raise ConfigError(f"train.init_from: {path} was not trained on {', '.join(missing)}; drop them from data.operators")
     return init
@@ -428,11 +429,14 @@ def _setup_model(cfg: Config, data: _Data, state: Optional[dict], init: Optional
             )
             model = build_model(model_args, t.dtype)
         normalizers = {op: OperatorNormalizer(data.basis) for op in data.operators}
+    src = state if state is not None else init
     for op, norm in normalizers.items():
-        if state is not None or init is not None:
-            norm.load_state_dict((state if state is not None else init)["normalizers"][op])
+        if src is not None and src.get("normalizers"):
+            norm.load_state_dict(src["normalizers"][op])
             continue
         norm.fit(data.train, op)
+        if src is not None:  # weights from a model file: only the loss scales are refit
+            continue
         if op == "overlap":
             model.overlap.set_onsite(onsite_overlap_means(data.train, len(data.symbols)))
             _start_small(model.overlap.mlp)
