@@ -6,13 +6,14 @@ For each cell size, in a fresh process (so that peak memory is that of one measu
 
 - train step: forward + normalized loss (random targets) + backward + AdamW step
 - inference:  ``ase_slem.model_file.predict`` on the exported TorchScript file (graph, network,
-  RealSpaceOperators) and the network call alone
+  RealSpaceOperators), and the network call alone, with the runtime's runs of EDGE_CHUNK edges
+  per layer and (baseline) with all edges at once
 
 wall time (best of ``--repeat``), atoms per second, and peak resident memory added by the
 measurement (Linux VmHWM after resetting it).  The inference times of ``--scaling`` sizes are
 fitted with t = a + b N and log t = c + s log N: strict locality makes the cost linear in the
-number of atoms (s close to 1), once the per-edge tensors outgrow the CPU caches (on small cells
-the same work runs from cache, so the slope over the largest three sizes is printed as well).
+number of atoms (s close to 1).  Run on all edges at once, the per-edge cost grows with the
+cell (the full-size intermediates outgrow the CPU caches); in runs of edges it does not.
 
     python benchmarks/bench_model.py [--sizes 64 512] [--scaling 64 128 216 512] [--threads 1]
                                      [--repeat 2] [--no-train] [--json out.json]
@@ -33,6 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 REPS = {8: (1, 1, 1), 16: (2, 1, 1), 32: (2, 2, 1), 64: (2, 2, 2), 128: (4, 2, 2), 216: (3, 3, 3),
         256: (4, 4, 2), 512: (4, 4, 4), 1000: (5, 5, 5), 1728: (6, 6, 6)}
 BASIS = {"Si": [0, 0, 1, 1, 2]}
+EDGE_CHUNK = 1024  # the default of ase_slem.model_file.run_network
 
 
 def silicon(natoms: int, seed: int = 0):
@@ -154,7 +156,7 @@ def _train_step(cfg, model, atoms, repeat):
 def _inference(cfg, model, atoms, repeat):
     import torch
 
-    from ase_slem.model_file import load_model, predict
+    from ase_slem.model_file import load_model, predict, set_edge_chunk
     from ase_slem.nn.graph import build_graph
     from ase_slem.train.export import export_model, untrained_metadata
 
@@ -169,12 +171,17 @@ def _inference(cfg, model, atoms, repeat):
         with torch.inference_mode():
             loaded.module(*args)
 
-    network()  # warm-up (TorchScript profiling runs)
-    network()
-    t_net, mem_net = _measure(network, repeat)
-    t, mem = _measure(lambda: predict(loaded, atoms), repeat)
+    timings = {}
+    for chunk in (0, EDGE_CHUNK):  # all edges at once, then the runtime's runs of edges
+        set_edge_chunk(loaded, chunk)
+        network()  # warm-up (TorchScript profiling runs)
+        network()
+        timings[chunk] = _measure(network, repeat)
+    t, mem = _measure(lambda: predict(loaded, atoms), repeat)  # predict sets EDGE_CHUNK itself
     return {"edges": int(g.edge_index.shape[1]), "bonds": int(g.bond_index.shape[1]), "time_s": t,
-            "peak_mb": mem, "network_time_s": t_net, "network_peak_mb": mem_net, "atoms_per_s": len(atoms) / t}
+            "peak_mb": mem, "network_time_s": timings[EDGE_CHUNK][0], "network_peak_mb": timings[EDGE_CHUNK][1],
+            "network_unchunked_time_s": timings[0][0], "network_unchunked_peak_mb": timings[0][1],
+            "atoms_per_s": len(atoms) / t}
 
 
 def run_one(kind, natoms, config, threads, repeat, timeout=3600):
@@ -214,7 +221,7 @@ def main():
 
     rows = []
     print(f"{'what':10s} {'atoms':>6s} {'edges':>7s} {'time s':>9s} {'atoms/s':>9s} {'peak MB':>9s} {'net s':>8s}"
-          f" {'net us/edge':>11s}")
+          f" {'net us/edge':>11s} {'unchunked us/edge':>17s} {'speed-up':>8s}")
     kinds = (["train"] if not args.no_train else []) + ["inference"]
     sizes = sorted(set(args.sizes) | set(args.scaling))
     for kind in kinds:
@@ -225,6 +232,8 @@ def main():
                 print(f"{kind:10s} {n:6d}  error: {r['error']}")
                 continue
             net = (f"{r['network_time_s']:8.3f} {1e6 * r['network_time_s'] / r['edges']:11.1f}"
+                   f" {1e6 * r['network_unchunked_time_s'] / r['edges']:17.1f}"
+                   f" {r['network_unchunked_time_s'] / r['network_time_s']:8.2f}"
                    if "network_time_s" in r else "")
             print(f"{kind:10s} {n:6d} {r['edges']:7d} {r['time_s']:9.3f} {r['atoms_per_s']:9.1f} "
                   f"{r['peak_mb']:9.1f} {net}", flush=True)

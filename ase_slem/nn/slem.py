@@ -97,23 +97,48 @@ class SLEMLayer(torch.nn.Module):
 
     def forward(self, x: Tensor, v: Tensor, n: Tensor, e: Tensor, frame: Tensor, src: Tensor,
                 dst: Tensor, bond_edges: Tensor, envelope: Tensor, damp: Tensor,
-                inv_avg: float):
-        n_src = n.index_select(0, src)
-        # hidden: V^{ij} from n^i, V^{ij}, r_ij
-        vt = self.hidden_conv([n_src, v], frame, x)
-        vt = vt * self.hidden_w(self.hidden_ln(x)).index_select(1, self.expand)
-        v = self.alpha * v + self.beta * vt
-        x = self.x_mlp(torch.cat([x, v[:, : self.n_scalar]], dim=1)) * envelope.unsqueeze(1)
-        # node: messages from V^{ij} and n^i only, summed over j in N(i)
-        m = self.node_conv([n_src, v], frame, x)
-        m = m * (self.node_w(x) * damp.unsqueeze(1)).index_select(1, self.expand)
-        agg = torch.zeros_like(n).index_add_(0, src, m)
+                inv_avg: float, chunk: int = 0):
+        """One update of every feature.  ``chunk`` > 0 runs the per-edge work over runs of at
+        most ``chunk`` edges (and bond edges), summing the node messages run by run: the same
+        numbers, with intermediates small enough to stay in the CPU caches on big structures."""
+        n_edge = src.shape[0]
+        step = n_edge if chunk <= 0 else chunk
+        agg = torch.zeros_like(n)
+        xs: List[Tensor] = []
+        vs: List[Tensor] = []
+        for a in range(0, max(n_edge, 1), max(step, 1)):
+            b = min(a + step, n_edge)
+            s = src[a:b]
+            fr = frame[a:b]
+            n_src = n.index_select(0, s)
+            xc = x[a:b]
+            vc = v[a:b]
+            # hidden: V^{ij} from n^i, V^{ij}, r_ij
+            vt = self.hidden_conv([n_src, vc], fr, xc)
+            vt = vt * self.hidden_w(self.hidden_ln(xc)).index_select(1, self.expand)
+            vc = self.alpha * vc + self.beta * vt
+            xc = self.x_mlp(torch.cat([xc, vc[:, : self.n_scalar]], dim=1)) * envelope[a:b].unsqueeze(1)
+            # node: messages from V^{ij} and n^i only, summed over j in N(i)
+            m = self.node_conv([n_src, vc], fr, xc)
+            m = m * (self.node_w(xc) * damp[a:b].unsqueeze(1)).index_select(1, self.expand)
+            agg.index_add_(0, s, m)
+            xs.append(xc)
+            vs.append(vc)
+        x = xs[0] if len(xs) == 1 else torch.cat(xs)
+        v = vs[0] if len(vs) == 1 else torch.cat(vs)
         # edge: n^i, V^{ij}, n^j (previous node features) on the bond edges
-        xb = x.index_select(0, bond_edges)
-        fe = [n_src.index_select(0, bond_edges), v.index_select(0, bond_edges),
-              n.index_select(0, dst.index_select(0, bond_edges))]
-        et = self.edge_conv(fe, frame.index_select(0, bond_edges), xb)
-        e = self.alpha * e + self.beta * et * self.edge_w(xb).index_select(1, self.expand)
+        n_b = bond_edges.shape[0]
+        bstep = n_b if chunk <= 0 else chunk
+        es: List[Tensor] = []
+        for a in range(0, max(n_b, 1), max(bstep, 1)):
+            b = min(a + bstep, n_b)
+            be = bond_edges[a:b]
+            xb = x.index_select(0, be)
+            fe = [n.index_select(0, src.index_select(0, be)), v.index_select(0, be),
+                  n.index_select(0, dst.index_select(0, be))]
+            et = self.edge_conv(fe, frame.index_select(0, be), xb)
+            es.append(self.alpha * e[a:b] + self.beta * et * self.edge_w(xb).index_select(1, self.expand))
+        e = es[0] if len(es) == 1 else torch.cat(es)
         n = self.alpha * n + self.beta * inv_avg * agg
         return x, v, n, e
 
@@ -175,6 +200,7 @@ class SLEM(torch.nn.Module):
     inv_avg: float
     inv_sqrt_avg: float
     predict_overlap: bool
+    edge_chunk: int
 
     def __init__(
         self,
@@ -226,6 +252,10 @@ class SLEM(torch.nn.Module):
         self.operators = list(operators)
         self.predict_overlap = "overlap" in self.operators
         self.head_names = [op for op in self.operators if op != "overlap"]
+        # runtime setting, not a hyper-parameter: > 0 runs each layer's per-edge work in runs of
+        # this many edges (same result; faster on big structures, whose full-size intermediates
+        # outgrow the CPU caches).  Set on a loaded model file by ase_slem.model_file.run_network.
+        self.edge_chunk = 0
 
         hidden = Irreps.full(self.lmax, channels)
         self.hidden_irreps = hidden
@@ -321,7 +351,7 @@ class SLEM(torch.nn.Module):
         n = self.init_node(agg * self.inv_sqrt_avg)
         x = x0
         for layer in self.layers:
-            x, v, n, e = layer(x, v, n, e, frame, src, dst, bond_edges, u, damp, self.inv_avg)
+            x, v, n, e = layer(x, v, n, e, frame, src, dst, bond_edges, u, damp, self.inv_avg, self.edge_chunk)
         k = 0
         for head in self.heads:
             onsite, bonds = head(n, e, species, sp_bi, sp_bj)

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from ..model_file import FORMAT_VERSION, METADATA_NAME, MODEL_FORMAT, load_model, predict
-from .checkpoint import build_model, load_checkpoint
+from .checkpoint import build_model, is_model_file, load_checkpoint, state_from_model_file
 from .._files import publish
 
 
@@ -154,6 +154,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
     ``check``: load the written file with :func:`ase_slem.model_file.load_model` and compare
     its prediction on a small structure with the eager network before putting it in place.
     """
+    if is_model_file(checkpoint):
+        return reexport_model_file(checkpoint, output, check=check, recommended_overlap=recommended_overlap)
     state = load_checkpoint(checkpoint)
     model = build_model(state["model_args"], state["dtype"])
     model.load_state_dict(state["model"])
@@ -167,6 +169,23 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
             raise ExportError(f"recommended_overlap must be 'model' or 'exact', not {recommended_overlap!r}")
         if recommended_overlap == "exact" and not meta["basis"]["radial"]:
             raise ExportError("recommended_overlap='exact' needs a Gaussian basis with radial functions in the checkpoint")
+        meta["recommended_overlap"] = recommended_overlap
+    return export_model(model, output, meta, check=check)
+
+
+def reexport_model_file(path: str | os.PathLike, output: str | os.PathLike, *, check: bool = True,
+                        recommended_overlap: Optional[str] = None) -> Path:
+    """Write the network of an exported model file again with this ase_slem's code (same
+    weights and metadata, version fields updated), e.g. to pick up a faster runtime."""
+    from .. import __version__
+    from ..model_file import read_metadata
+
+    state = state_from_model_file(path)
+    model = build_model(state["model_args"], state["dtype"])
+    model.load_state_dict(state["model"])
+    meta = read_metadata(path)
+    meta.update(ase_slem_version=__version__, torch_version=torch.__version__)
+    if recommended_overlap is not None:
         meta["recommended_overlap"] = recommended_overlap
     return export_model(model, output, meta, check=check)
 
