@@ -286,6 +286,9 @@ def _plan_chunks(centres: np.ndarray, n_atoms: int, src: np.ndarray, dst: np.nda
     return out
 
 
+EDGE_CHUNK = 1024  # edges per run inside each layer (run_network's default; benchmarks/bench_model.py)
+
+
 def set_edge_chunk(model: LoadedModel, edge_chunk: int) -> bool:
     """Let the network run each layer's per-edge work in runs of ``edge_chunk`` edges (0: all
     at once).  The result is the same; on big structures it is faster, because the
@@ -299,7 +302,7 @@ def set_edge_chunk(model: LoadedModel, edge_chunk: int) -> bool:
 
 
 def run_network(model: LoadedModel, graph, max_edges: int = 200_000,
-                order_atoms=None, edge_chunk: int = 1024) -> Dict[str, tuple]:
+                order_atoms=None, edge_chunk: int = EDGE_CHUNK) -> Dict[str, tuple]:
     """Run the network on ``graph`` (an :class:`~ase_slem.nn.graph.AtomGraph`), in chunks of
     centre atoms whose subgraphs hold at most ``max_edges`` edges (a memory bound), each layer
     working through runs of ``edge_chunk`` edges (a cache bound, :func:`set_edge_chunk`).

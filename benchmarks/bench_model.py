@@ -34,7 +34,6 @@ REPO = Path(__file__).resolve().parents[1]
 REPS = {8: (1, 1, 1), 16: (2, 1, 1), 32: (2, 2, 1), 64: (2, 2, 2), 128: (4, 2, 2), 216: (3, 3, 3),
         256: (4, 4, 2), 512: (4, 4, 4), 1000: (5, 5, 5), 1728: (6, 6, 6)}
 BASIS = {"Si": [0, 0, 1, 1, 2]}
-EDGE_CHUNK = 1024  # the default of ase_slem.model_file.run_network
 
 
 def silicon(natoms: int, seed: int = 0):
@@ -156,7 +155,7 @@ def _train_step(cfg, model, atoms, repeat):
 def _inference(cfg, model, atoms, repeat):
     import torch
 
-    from ase_slem.model_file import load_model, predict, set_edge_chunk
+    from ase_slem.model_file import EDGE_CHUNK, load_model, predict, set_edge_chunk
     from ase_slem.nn.graph import build_graph
     from ase_slem.train.export import export_model, untrained_metadata
 

@@ -37,7 +37,7 @@ result is invariant to atom order.  Units are those of the training targets (eV 
 """
 
 import math
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -68,6 +68,15 @@ class ConvBlock(torch.nn.Module):
 
     def forward(self, fs: List[Tensor], frame: Tensor, x: Tensor) -> Tensor:
         return self.lin(self.gate(self.conv.forward_parts(fs, frame, self.edge_w(x))))
+
+
+def edge_runs(n: int, chunk: int) -> List[Tuple[int, int]]:
+    """``[(start, stop), ...]`` covering ``range(n)`` in runs of at most ``chunk`` (all at once
+    when ``chunk`` <= 0; one empty run when ``n`` is 0, so that every output is still built)."""
+    step = n if chunk <= 0 else chunk
+    if n == 0 or step <= 0:
+        return [(0, 0)]
+    return [(a, min(a + step, n)) for a in range(0, n, step)]
 
 
 class SLEMLayer(torch.nn.Module):
@@ -101,13 +110,10 @@ class SLEMLayer(torch.nn.Module):
         """One update of every feature.  ``chunk`` > 0 runs the per-edge work over runs of at
         most ``chunk`` edges (and bond edges), summing the node messages run by run: the same
         numbers, with intermediates small enough to stay in the CPU caches on big structures."""
-        n_edge = src.shape[0]
-        step = n_edge if chunk <= 0 else chunk
         agg = torch.zeros_like(n)
         xs: List[Tensor] = []
         vs: List[Tensor] = []
-        for a in range(0, max(n_edge, 1), max(step, 1)):
-            b = min(a + step, n_edge)
+        for a, b in edge_runs(src.shape[0], chunk):
             s = src[a:b]
             fr = frame[a:b]
             n_src = n.index_select(0, s)
@@ -127,11 +133,8 @@ class SLEMLayer(torch.nn.Module):
         x = xs[0] if len(xs) == 1 else torch.cat(xs)
         v = vs[0] if len(vs) == 1 else torch.cat(vs)
         # edge: n^i, V^{ij}, n^j (previous node features) on the bond edges
-        n_b = bond_edges.shape[0]
-        bstep = n_b if chunk <= 0 else chunk
         es: List[Tensor] = []
-        for a in range(0, max(n_b, 1), max(bstep, 1)):
-            b = min(a + bstep, n_b)
+        for a, b in edge_runs(bond_edges.shape[0], chunk):
             be = bond_edges[a:b]
             xb = x.index_select(0, be)
             fe = [n.index_select(0, src.index_select(0, be)), v.index_select(0, be),

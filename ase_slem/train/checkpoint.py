@@ -151,7 +151,8 @@ def state_from_model_file(path: str | os.PathLike) -> Dict[str, Any]:
     """The parts of a checkpoint that an exported model file still holds, for fine-tuning
     (``train.init_from: models/<name>.pt``): ``config``, ``model_args``, ``dtype``,
     ``r_bond``, ``model`` (the exported -- usually EMA -- weights as a state dict of
-    :class:`~ase_slem.nn.slem.SLEM`), ``dataset`` (the split by frame name) and ``step``.
+    :class:`~ase_slem.nn.slem.SLEM`), ``dataset`` (the split by frame name), ``step`` and
+    ``metadata`` (the file's whole metadata).
 
     Optimizer, EMA history and loss normalizers are not in a model file: ``ema`` and
     ``normalizers`` are None, and training refits the normalizers on the training split.
@@ -170,5 +171,5 @@ def state_from_model_file(path: str | os.PathLike) -> Dict[str, Any]:
         "config": training["config"], "model_args": net["args"], "dtype": meta["dtype"],
         "r_bond": float(meta["cutoffs"]["r_bond"]), "model": weights, "ema": None, "normalizers": None,
         "dataset": {"split": {k: list(v) for k, v in training["split"].items()}, "path": training.get("dataset")},
-        "step": int(training.get("steps", 0)), "source": "model file",
+        "step": int(training.get("steps", 0)), "metadata": meta,
     }

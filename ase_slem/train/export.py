@@ -178,13 +178,11 @@ def reexport_model_file(path: str | os.PathLike, output: str | os.PathLike, *, c
     """Write the network of an exported model file again with this ase_slem's code (same
     weights and metadata, version fields updated), e.g. to pick up a faster runtime."""
     from .. import __version__
-    from ..model_file import read_metadata
 
     state = state_from_model_file(path)
     model = build_model(state["model_args"], state["dtype"])
     model.load_state_dict(state["model"])
-    meta = read_metadata(path)
-    meta.update(ase_slem_version=__version__, torch_version=torch.__version__)
+    meta = dict(state["metadata"], ase_slem_version=__version__, torch_version=torch.__version__)
     if recommended_overlap is not None:
         meta["recommended_overlap"] = recommended_overlap
     return export_model(model, output, meta, check=check)
