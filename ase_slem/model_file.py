@@ -23,7 +23,7 @@ import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -302,15 +302,26 @@ def set_edge_chunk(model: LoadedModel, edge_chunk: int) -> bool:
 
 
 def run_network(model: LoadedModel, graph, max_edges: int = 200_000,
-                order_atoms=None, edge_chunk: int = EDGE_CHUNK) -> Dict[str, tuple]:
-    """Run the network on ``graph`` (an :class:`~ase_slem.nn.graph.AtomGraph`), in chunks of
-    centre atoms whose subgraphs hold at most ``max_edges`` edges (a memory bound), each layer
-    working through runs of ``edge_chunk`` edges (a cache bound, :func:`set_edge_chunk`).
+                order_atoms=None, edge_chunk: int = EDGE_CHUNK,
+                operators: Optional[Sequence[str]] = None) -> Dict[str, tuple]:
+    """Run the network on ``graph`` (an :class:`~ase_slem.nn.graph.AtomGraph`); a graph of more
+    than ``max_edges`` edges is split into pieces of atoms (consecutive in ``order_atoms``,
+    which should keep neighbours together) holding at most ``max_edges`` edges each, a memory
+    bound; each layer works through runs of ``edge_chunk`` edges (a cache bound,
+    :func:`set_edge_chunk`).
 
-    Exact for SLEM and LEM: onsite block i needs only the edges leaving i, and bond (i, j)
-    only those leaving i or j, so each chunk carries the edges leaving its centres and
-    their bond partners.  Returns ``{op: (onsite (N, M, M), bonds (P, M, M))}`` as float64
-    numpy arrays.
+    Exact for SLEM and LEM, because a node's features depend only on the edges leaving it, and
+    a bond (i, j) only on those leaving i or j.  Pieces are evaluated in two passes (model
+    files exported with ``node_features``): the first gives every atom's node features from
+    the edges leaving the piece's atoms, the second the blocks of the bonds leaving them,
+    reading their far ends' node features from the first.  The cost is that of the whole graph
+    plus one more run of the hidden-state updates, whatever the number of pieces.  (Older
+    model files carry each piece's bond partners with it instead: several times the work.)
+
+    Returns ``{op: (onsite (N, M, M), bonds (P, M, M))}`` for the model's operators (or
+    ``operators``) as numpy arrays of the model's precision (float32 for the shipped models:
+    widening the network's float32 output to float64 adds no digits and doubles the memory
+    of the largest structures).
     """
     import torch
 
@@ -323,16 +334,97 @@ def run_network(model: LoadedModel, graph, max_edges: int = 200_000,
     n, n_edge, n_bond = pos.shape[0], ei.shape[1], bidx.shape[1]
     set_edge_chunk(model, edge_chunk)
     m = model.max_norb
-    ops = model.operators
+    ops = list(model.operators if operators is None else operators)
+    np_dtype = np.float32 if dt == torch.float32 else np.float64
     if n_edge <= max_edges:
         with torch.inference_mode():
             out = model.module(pos, species, ei, shift, bidx)
-        return {op: (out[op + "_onsite"].double().numpy(), out[op + "_bond"].double().numpy()) for op in ops}
+        return {op: (out[op + "_onsite"].numpy().astype(np_dtype, copy=False),
+                     out[op + "_bond"].numpy().astype(np_dtype, copy=False)) for op in ops}
 
     src, dst = ei[0].numpy(), ei[1].numpy()
-    bond_edge = bidx[0].numpy()
     centres_all = np.arange(n) if order_atoms is None else np.asarray(order_atoms)
-    res = {op: (np.zeros((n, m, m)), np.zeros((n_bond, m, m))) for op in ops}
+    res = {op: (np.zeros((n, m, m), np_dtype), np.zeros((n_bond, m, m), np_dtype)) for op in ops}
+    if not hasattr(model.module, "node_features"):
+        _run_with_bond_partners(model, pos, species, ei, shift, bidx, centres_all, max_edges, ops, res)
+        return res
+
+    pieces = _atom_runs(centres_all, np.bincount(src, minlength=n), max_edges)
+    bond_fwd, bond_rev = bidx[0].numpy(), bidx[1].numpy()
+    table = None
+    with torch.inference_mode():
+        for piece in pieces:  # pass 1: node features of every atom
+            sub = _piece_graph(piece, n, src, dst)
+            nodes = model.module.node_features(pos.index_select(0, sub.atoms), species.index_select(0, sub.atoms),
+                                               sub.edge_index, shift.index_select(0, sub.edges))
+            if table is None:
+                table = torch.zeros((nodes.shape[0], n, nodes.shape[2]), dtype=nodes.dtype)
+            table[:, torch.from_numpy(piece)] = nodes[:, torch.from_numpy(sub.local_atom[piece])]
+        for piece in pieces:  # pass 2: blocks of the bond edges leaving the piece
+            sub = _piece_graph(piece, n, src, dst)
+            fwd = np.flatnonzero(sub.is_member[src[bond_fwd]])
+            rev = np.flatnonzero(sub.is_member[src[bond_rev]])
+            edges = torch.from_numpy(sub.local_edge[np.concatenate([bond_fwd[fwd], bond_rev[rev]])])
+            out = model.module.directed_blocks(pos.index_select(0, sub.atoms), species.index_select(0, sub.atoms),
+                                               sub.edge_index, shift.index_select(0, sub.edges), edges,
+                                               table.index_select(1, sub.atoms))
+            rows = sub.local_atom[piece]
+            for op in ops:
+                res[op][0][piece] = out[op + "_onsite"].numpy()[rows]
+                blk = out[op + "_directed"].numpy()
+                res[op][1][fwd] += 0.5 * blk[: len(fwd)]
+                res[op][1][rev] += 0.5 * np.swapaxes(blk[len(fwd):], 1, 2)
+    return res
+
+
+def _atom_runs(order: np.ndarray, degree: np.ndarray, max_edges: int) -> list:
+    """``order`` cut into consecutive runs whose atoms have at most ``max_edges`` edges in all
+    (a run holds at least one atom)."""
+    total = np.cumsum(degree[order])
+    runs, start, base = [], 0, 0
+    while start < len(order):
+        stop = max(int(np.searchsorted(total, base + max_edges, side="right")), start + 1)
+        runs.append(order[start:stop])
+        base = int(total[stop - 1])
+        start = stop
+    return runs
+
+
+class _PieceGraph(NamedTuple):
+    is_member: np.ndarray   # (N,) bool: atom in the piece
+    edges: Any              # (E_p,) torch long: the edges leaving the piece (global indices)
+    atoms: Any              # (N_p,) torch long: the piece and its edges' far ends (global indices)
+    local_atom: np.ndarray  # (N,) global -> local atom index (-1 outside)
+    local_edge: np.ndarray  # (E,) global -> local edge index (-1 outside)
+    edge_index: Any         # (2, E_p) torch long, local atom indices
+
+
+def _piece_graph(piece: np.ndarray, n: int, src: np.ndarray, dst: np.ndarray) -> _PieceGraph:
+    """The subgraph of the edges leaving the atoms of ``piece``."""
+    import torch
+
+    member = np.zeros(n, bool)
+    member[piece] = True
+    esel = np.flatnonzero(member[src])
+    keep = member.copy()
+    keep[dst[esel]] = True
+    atoms_sel = np.flatnonzero(keep)
+    local_atom = np.full(n, -1, np.int64)
+    local_atom[atoms_sel] = np.arange(len(atoms_sel))
+    local_edge = np.full(len(src), -1, np.int64)
+    local_edge[esel] = np.arange(len(esel))
+    sub_ei = torch.from_numpy(np.stack([local_atom[src[esel]], local_atom[dst[esel]]]))
+    return _PieceGraph(member, torch.from_numpy(esel), torch.from_numpy(atoms_sel), local_atom, local_edge, sub_ei)
+
+
+def _run_with_bond_partners(model, pos, species, ei, shift, bidx, centres_all, max_edges, ops, res) -> None:
+    """Pieces for model files without ``node_features``: each carries the edges leaving its
+    atoms and their bond partners, so that one network call gives its blocks (fills ``res``)."""
+    import torch
+
+    n, n_edge = pos.shape[0], ei.shape[1]
+    src, dst = ei[0].numpy(), ei[1].numpy()
+    bond_edge = bidx[0].numpy()
     bond_i = src[bond_edge]
     for centres in _plan_chunks(centres_all, n, src, dst, bond_edge, max_edges):
         is_c = np.zeros(n, bool)
@@ -357,21 +449,22 @@ def run_network(model: LoadedModel, graph, max_edges: int = 200_000,
                                shift.index_select(0, torch.from_numpy(esel)), sub_b)
         rows = local_atom[centres]
         for op in ops:
-            res[op][0][centres] = out[op + "_onsite"].double().numpy()[rows]
-            res[op][1][bsel] = out[op + "_bond"].double().numpy()
-    return res
+            res[op][0][centres] = out[op + "_onsite"].numpy()[rows]
+            res[op][1][bsel] = out[op + "_bond"].numpy()
 
 
 def blocks_to_operators(outputs: Dict[str, tuple], species: np.ndarray, norb_species: np.ndarray,
                         bond_i: np.ndarray, bond_j: np.ndarray, bond_R: np.ndarray, *, periodic: bool,
-                        basis: Optional[Basis] = None, symbols: Optional[Sequence[str]] = None
-                        ) -> Dict[str, RealSpaceOperator]:
+                        basis: Optional[Basis] = None, symbols: Optional[Sequence[str]] = None,
+                        release: bool = False) -> Dict[str, RealSpaceOperator]:
     """Padded onsite/bond blocks -> :class:`RealSpaceOperator` per operator, vectorized.
 
     ``outputs``: ``{op: (onsite (N, M, M), bonds (P, M, M))}``; bonds must be in the stored
     triangle (i < j, or i == j with R > 0 lexicographically), as the graph gives them.
     Blocks are cut to each atom's orbital count and grouped by shape with one gather per
-    shape.
+    shape; they keep the arrays' precision.  ``release=True`` pops each operator from
+    ``outputs`` once its blocks are packed, so that on big structures the padded arrays of
+    one operator are freed before the next is packed.
     """
     species = np.asarray(species, np.int64)
     counts = np.asarray(norb_species, np.int64)[species]
@@ -388,7 +481,8 @@ def blocks_to_operators(outputs: Dict[str, tuple], species: np.ndarray, norb_spe
     starts = np.concatenate([[0], bounds]).astype(int)
     stops = np.concatenate([bounds, [len(order)]]).astype(int)
     result = {}
-    for op, (onsite, bonds) in outputs.items():
+    for op in list(outputs):
+        onsite, bonds = outputs.pop(op) if release else outputs[op]
         groups = []
         for s, e in zip(starts, stops):
             if e <= s:
@@ -396,10 +490,11 @@ def blocks_to_operators(outputs: Dict[str, tuple], species: np.ndarray, norb_spe
             a, b = int(ni[order[s]]), int(nj[order[s]])
             rows = order[s:e]
             is_on = rows < n
-            data = np.empty((e - s, a, b))
+            data = np.empty((e - s, a, b), np.result_type(onsite, bonds))
             data[is_on] = onsite[rows[is_on], :a, :b]
             data[~is_on] = bonds[rows[~is_on] - n, :a, :b]
             groups.append(_Group(a, b, int(s), int(e), data))
+        del onsite, bonds
         result[op] = RealSpaceOperator(counts, i, j, R, groups, periodic=periodic, name=op, basis=basis,
                                        symbols=symbols)
     return result
@@ -427,9 +522,9 @@ def predict(model: LoadedModel, atoms, *, operators: Optional[Sequence[str]] = N
         raise ModelFileError("the structure has no atoms")
     g = build_graph(atoms, model.symbols, model.r_graph, r_bond=model.r_bond, dtype=model.torch_dtype)
     order = _centre_order(atoms, model.r_graph)
-    raw = run_network(model, g, max_edges=max_edges, order_atoms=order)
+    raw = run_network(model, g, max_edges=max_edges, order_atoms=order, operators=ops)
     bi, bj, bR = g.bonds
     norb = np.array([model.orbital_counts[s] for s in model.symbols])
     periodic = bool(np.any(atoms.pbc))
-    return blocks_to_operators({op: raw[op] for op in ops}, g.species.numpy(), norb, bi, bj, bR,
-                               periodic=periodic, basis=model.basis, symbols=symbols)
+    return blocks_to_operators(raw, g.species.numpy(), norb, bi, bj, bR,
+                               periodic=periodic, basis=model.basis, symbols=symbols, release=True)

@@ -16,7 +16,10 @@ number of atoms (s close to 1).  Run on all edges at once, the per-edge cost gro
 cell (the full-size intermediates outgrow the CPU caches); in runs of edges it does not.
 
     python benchmarks/bench_model.py [--sizes 64 512] [--scaling 64 128 216 512] [--threads 1]
-                                     [--repeat 2] [--no-train] [--json out.json]
+                                     [--repeat 2] [--no-train] [--large 4096 10648] [--json out.json]
+
+``--large`` cells are measured with ``predict`` alone, once (the network in chunks of at most
+200,000 edges, as the calculator runs it); they join the scaling fit.
 """
 from __future__ import annotations
 
@@ -32,7 +35,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 REPS = {8: (1, 1, 1), 16: (2, 1, 1), 32: (2, 2, 1), 64: (2, 2, 2), 128: (4, 2, 2), 216: (3, 3, 3),
-        256: (4, 4, 2), 512: (4, 4, 4), 1000: (5, 5, 5), 1728: (6, 6, 6)}
+        256: (4, 4, 2), 512: (4, 4, 4), 1000: (5, 5, 5), 1728: (6, 6, 6), 4096: (8, 8, 8),
+        10648: (11, 11, 11)}
 BASIS = {"Si": [0, 0, 1, 1, 2]}
 
 
@@ -106,6 +110,8 @@ def worker(kind: str, natoms: int, config_path: str, threads: int, repeat: int, 
                "n_parameters": sum(p.numel() for p in model.parameters())}
         if kind == "train":
             res.update(_train_step(cfg, model, atoms, repeat))
+        elif kind == "predict":
+            res.update(_predict_only(model, atoms))
         else:
             res.update(_inference(cfg, model, atoms, repeat))
         queue.put(res)
@@ -183,15 +189,55 @@ def _inference(cfg, model, atoms, repeat):
             "atoms_per_s": len(atoms) / t}
 
 
+def _predict_only(model, atoms):
+    """``predict`` alone (graph, chunked network, operators), once after two warm-up calls on 8
+    atoms: the large-cell measurement, where the all-edges-at-once baseline would not fit."""
+    from ase_slem.model_file import load_model, predict
+    from ase_slem.train.export import export_model, untrained_metadata
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_model(model, Path(tmp) / "si.pt", untrained_metadata(model, "bench", periodic=True),
+                            check=False)
+        loaded = load_model(path)
+    predict(loaded, silicon(8))  # warm-up: TorchScript's first calls profile and optimize the graph
+    predict(loaded, silicon(8))
+    ops = {}
+
+    def run():
+        ops.update(predict(loaded, atoms))
+
+    t, mem = _measure(run, 1)
+    process_peak = _rss_kb("VmHWM") / 1024.0  # everything the process held at its peak (torch, model, ...)
+    h = ops["hamiltonian"]
+    stored = sum(g.data.nbytes for op in ops.values() for g in op.groups)
+    return {"edges": 2 * (h.nblocks - len(atoms)), "bonds": h.nblocks - len(atoms), "time_s": t, "peak_mb": mem,
+            "operators_mb": stored / 2**20, "process_peak_mb": process_peak, "atoms_per_s": len(atoms) / t}
+
+
 def run_one(kind, natoms, config, threads, repeat, timeout=3600):
+    """Run ``worker`` in a fresh process; a worker that dies (e.g. killed for memory) is
+    reported with its exit code instead of being waited for."""
+    import queue as queue_mod
+
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     proc = ctx.Process(target=worker, args=(kind, natoms, config, threads, repeat, q))
     proc.start()
-    try:
-        res = q.get(timeout=timeout)
-    except Exception:  # noqa: BLE001
-        res = {"kind": kind, "natoms": natoms, "error": "no result (crashed or timed out)"}
+    t0 = time.monotonic()
+    res = None
+    while res is None:
+        try:
+            res = q.get(timeout=5)
+        except queue_mod.Empty:
+            if not proc.is_alive():
+                try:  # it may have put its result just before exiting
+                    res = q.get(timeout=1)
+                except queue_mod.Empty:
+                    code = proc.exitcode
+                    why = " (killed: out of memory?)" if code == -9 else ""
+                    res = {"kind": kind, "natoms": natoms, "error": f"worker exited with code {code}{why}"}
+            elif time.monotonic() - t0 > timeout:
+                res = {"kind": kind, "natoms": natoms, "error": f"no result after {timeout} s"}
     proc.join(5)
     if proc.is_alive():
         proc.terminate()
@@ -215,16 +261,19 @@ def main():
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--repeat", type=int, default=2, help="best of this many runs")
     p.add_argument("--no-train", action="store_true", help="skip the training-step measurements")
+    p.add_argument("--large", type=int, nargs="*", default=[],
+                   help="cells measured with predict alone (chunked; no all-at-once baseline), e.g. 4096 10648")
     p.add_argument("--json", help="write the results as JSON here")
     args = p.parse_args()
 
     rows = []
     print(f"{'what':10s} {'atoms':>6s} {'edges':>7s} {'time s':>9s} {'atoms/s':>9s} {'peak MB':>9s} {'net s':>8s}"
           f" {'net us/edge':>11s} {'unchunked us/edge':>17s} {'speed-up':>8s}")
-    kinds = (["train"] if not args.no_train else []) + ["inference"]
+    kinds = (["train"] if not args.no_train else []) + ["inference"] + (["predict"] if args.large else [])
     sizes = sorted(set(args.sizes) | set(args.scaling))
+    todo = {"train": args.sizes, "inference": sizes, "predict": sorted(args.large)}
     for kind in kinds:
-        for n in (args.sizes if kind == "train" else sizes):
+        for n in todo[kind]:
             r = run_one(kind, n, args.config, args.threads, args.repeat)
             rows.append(r)
             if "error" in r:
@@ -234,9 +283,12 @@ def main():
                    f" {1e6 * r['network_unchunked_time_s'] / r['edges']:17.1f}"
                    f" {r['network_unchunked_time_s'] / r['network_time_s']:8.2f}"
                    if "network_time_s" in r else "")
+            if "operators_mb" in r:
+                net = f"  (process peak {r['process_peak_mb']:.0f} MB; H, S, D stored: {r['operators_mb']:.0f} MB)"
             print(f"{kind:10s} {n:6d} {r['edges']:7d} {r['time_s']:9.3f} {r['atoms_per_s']:9.1f} "
                   f"{r['peak_mb']:9.1f} {net}", flush=True)
-    inf = [r for r in rows if r.get("kind") == "inference" and "error" not in r and r["natoms"] in args.scaling]
+    inf = [r for r in rows if "error" not in r and ((r.get("kind") == "inference" and r["natoms"] in args.scaling)
+                                                    or r.get("kind") == "predict")]
     fit = fit_scaling(inf) if len(inf) >= 2 else None
     if fit:
         print(f"inference scaling over {fit['sizes']} atoms: log-log slope {fit['loglog_slope']:.2f}, "

@@ -3,6 +3,7 @@ predict (chunked = whole, SLEM and LEM), and clear errors for newer/corrupt/fore
 unknown elements and basis mismatches."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -14,8 +15,8 @@ import pytest
 import torch
 from ase.build import bulk
 
-from ase_slem.model_file import (FORMAT_VERSION, METADATA_NAME, ModelFileError, check_basis, load_model, predict,
-                                 read_metadata, resolve_model_path)
+from ase_slem.model_file import (FORMAT_VERSION, METADATA_NAME, ModelFileError, _atom_runs, blocks_to_operators,
+                                 check_basis, load_model, predict, read_metadata, resolve_model_path, run_network)
 from ase_slem.nn.graph import build_graph
 from ase_slem.nn.slem import outputs_to_operators
 from ase_slem.train.checkpoint import build_model, load_checkpoint
@@ -121,6 +122,8 @@ def test_chunked_prediction_equals_the_whole(exported, tmp_path):
     parts = predict(model, atoms, max_edges=40)
     for op in whole:
         assert whole[op].max_abs_difference(parts[op]) < 2e-5
+        # blocks keep the network's precision (float32 here) in both paths: half the memory of float64
+        assert {g.data.dtype for g in whole[op].groups} == {g.data.dtype for g in parts[op].groups} == {np.dtype(np.float32)}
     # LEM (graph beyond the bond cutoff), float64: chunks are exact
     torch.manual_seed(0)
     lem = build_model(dict(basis={"Si": [0, 1]}, r_cut=2.6, lem=True, r_max=3.6, channels=2, n_layers=2,
@@ -132,6 +135,62 @@ def test_chunked_prediction_equals_the_whole(exported, tmp_path):
     for op in whole:
         assert whole[op].nblocks == parts[op].nblocks
         assert whole[op].max_abs_difference(parts[op]) < 1e-12
+        assert {g.data.dtype for g in whole[op].groups} == {np.dtype(np.float64)}
+
+
+def test_pieces_of_a_big_graph_need_no_bond_partners(exported):
+    """Over max_edges the runtime splits the atoms into pieces of at most max_edges edges that
+    together hold every edge once, and evaluates them in two passes (node features, then the
+    bond edges leaving each piece): the blocks of the whole graph.  A model file exported
+    before the two-pass methods existed (forward only) gets the same blocks the older way."""
+    _, path = exported
+    model = load_model(path)
+    assert hasattr(model.module, "node_features") and hasattr(model.module, "directed_blocks")
+    atoms = si_cell((2, 2, 1), seed=9)
+    g = build_graph(atoms, model.symbols, model.r_graph, r_bond=model.r_bond, dtype=model.torch_dtype)
+    degree = np.bincount(g.edge_index[0].numpy(), minlength=len(atoms))
+    order = np.random.default_rng(0).permutation(len(atoms))
+    limit = int(degree.sum()) // 5
+    pieces = _atom_runs(order, degree, limit)
+    assert len(pieces) >= 5 and np.array_equal(np.concatenate(pieces), order)
+    assert all(degree[p].sum() <= limit for p in pieces)
+
+    whole = run_network(model, g, max_edges=10**9)
+    two_pass = run_network(model, g, max_edges=limit, order_atoms=order)
+
+    class ForwardOnly:  # the TorchScript module of an older model file
+        def __init__(self, module):
+            self._module, self.model = module, module.model
+
+        def __call__(self, *args):
+            return self._module(*args)
+
+    old = run_network(dataclasses.replace(model, module=ForwardOnly(model.module)), g, max_edges=limit)
+    for op in whole:
+        for k in (0, 1):  # onsite, bonds
+            scale = np.abs(whole[op][k]).max()
+            assert np.abs(two_pass[op][k] - whole[op][k]).max() <= 1e-5 * scale
+            assert np.abs(old[op][k] - whole[op][k]).max() <= 1e-5 * scale
+
+
+def test_packing_blocks_can_free_each_operators_arrays_as_it_goes(exported):
+    """blocks_to_operators(release=True) empties its input one operator at a time (the padded
+    arrays of a big structure are freed before the next operator is packed) and packs the same
+    operators as without it."""
+    _, path = exported
+    model = load_model(path)
+    atoms = si_cell((2, 1, 1))
+    g = build_graph(atoms, model.symbols, model.r_graph, r_bond=model.r_bond, dtype=model.torch_dtype)
+    raw = run_network(model, g, operators=["hamiltonian", "overlap"])
+    assert raw.keys() == {"hamiltonian", "overlap"}
+    norb = np.array([model.orbital_counts[s] for s in model.symbols])
+    args = (g.species.numpy(), norb, *g.bonds)
+    kept = blocks_to_operators(dict(raw), *args, periodic=True)
+    freed_from = dict(raw)
+    released = blocks_to_operators(freed_from, *args, periodic=True, release=True)
+    assert freed_from == {}
+    for op in raw:
+        assert released[op].max_abs_difference(kept[op]) == 0.0
 
 
 def test_newer_format_is_rejected(exported, tmp_path):

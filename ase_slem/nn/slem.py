@@ -106,11 +106,13 @@ class SLEMLayer(torch.nn.Module):
 
     def forward(self, x: Tensor, v: Tensor, n: Tensor, e: Tensor, frame: Tensor, src: Tensor,
                 dst: Tensor, bond_edges: Tensor, envelope: Tensor, damp: Tensor,
-                inv_avg: float, chunk: int = 0):
+                inv_avg: float, chunk: int = 0, n_next: Optional[Tensor] = None):
         """One update of every feature.  ``chunk`` > 0 runs the per-edge work over runs of at
         most ``chunk`` edges (and bond edges), summing the node messages run by run: the same
-        numbers, with intermediates small enough to stay in the CPU caches on big structures."""
-        agg = torch.zeros_like(n)
+        numbers, with intermediates small enough to stay in the CPU caches on big structures.
+        ``n_next``: this layer's output node features, known already (computed by an earlier
+        pass, :meth:`SLEM.node_features`): the node messages are then skipped."""
+        agg = torch.zeros_like(n) if n_next is None else n
         xs: List[Tensor] = []
         vs: List[Tensor] = []
         for a, b in edge_runs(src.shape[0], chunk):
@@ -125,9 +127,10 @@ class SLEMLayer(torch.nn.Module):
             vc = self.alpha * vc + self.beta * vt
             xc = self.x_mlp(torch.cat([xc, vc[:, : self.n_scalar]], dim=1)) * envelope[a:b].unsqueeze(1)
             # node: messages from V^{ij} and n^i only, summed over j in N(i)
-            m = self.node_conv([n_src, vc], fr, xc)
-            m = m * (self.node_w(xc) * damp[a:b].unsqueeze(1)).index_select(1, self.expand)
-            agg.index_add_(0, s, m)
+            if n_next is None:
+                m = self.node_conv([n_src, vc], fr, xc)
+                m = m * (self.node_w(xc) * damp[a:b].unsqueeze(1)).index_select(1, self.expand)
+                agg.index_add_(0, s, m)
             xs.append(xc)
             vs.append(vc)
         x = xs[0] if len(xs) == 1 else torch.cat(xs)
@@ -142,7 +145,10 @@ class SLEMLayer(torch.nn.Module):
             et = self.edge_conv(fe, frame.index_select(0, be), xb)
             es.append(self.alpha * e[a:b] + self.beta * et * self.edge_w(xb).index_select(1, self.expand))
         e = es[0] if len(es) == 1 else torch.cat(es)
-        n = self.alpha * n + self.beta * inv_avg * agg
+        if n_next is None:
+            n = self.alpha * n + self.beta * inv_avg * agg
+        else:
+            n = n_next
         return x, v, n, e
 
 
@@ -161,11 +167,18 @@ class OperatorHead(torch.nn.Module):
         self.norm_node = PairNormalization(self.we_node.irreps, self.n_species)
         self.norm_edge = PairNormalization(self.we_edge.irreps, self.n_species**2)
 
-    def forward(self, n: Tensor, e: Tensor, species: Tensor, species_i: Tensor,
-                species_j: Tensor):
+    def directed(self, n: Tensor, e: Tensor, species: Tensor, species_i: Tensor,
+                 species_j: Tensor):
+        """Onsite blocks (N, M, M) and the block B(ij) (E_b, M, M) of each directed bond edge."""
         onsite = self.we_node.to_blocks(self.norm_node(self.lin_node(n), species), species)
         t = species_i * self.n_species + species_j
-        blk = self.we_edge.to_blocks(self.norm_edge(self.lin_edge(e), t), t)
+        return onsite, self.we_edge.to_blocks(self.norm_edge(self.lin_edge(e), t), t)
+
+    def forward(self, n: Tensor, e: Tensor, species: Tensor, species_i: Tensor,
+                species_j: Tensor):
+        """Onsite blocks and bond blocks O_ij = (B(ij) + B(ji)^T) / 2; the bond edges ``e``
+        hold the forward edges of every bond, then the reverse ones."""
+        onsite, blk = self.directed(n, e, species, species_i, species_j)
         p = blk.shape[0] // 2
         bonds = 0.5 * (blk[:p] + blk[p:].transpose(1, 2))
         return onsite, bonds
@@ -306,14 +319,9 @@ class SLEM(torch.nn.Module):
         w = torch.cat([w, w.new_zeros(w.shape[0], 1)], dim=1)
         return w.index_select(1, self.nat_index) * y.index_select(1, self.sh_index)
 
-    def forward(
-        self,
-        positions: Tensor,
-        species: Tensor,
-        edge_index: Tensor,
-        edge_shift: Tensor,
-        bond_index: Tensor,
-    ) -> Dict[str, Tensor]:
+    def _initial(self, positions: Tensor, species: Tensor, edge_index: Tensor, edge_shift: Tensor):
+        """Edge geometry and the initial features (Eq. 8-10): (frame, u, damp, species of i and
+        j per edge, x0, V, e of every edge, n)."""
         src = edge_index[0]
         dst = edge_index[1]
         vec = positions.index_select(0, dst) + edge_shift - positions.index_select(0, src)
@@ -326,14 +334,30 @@ class SLEM(torch.nn.Module):
             damp = torch.exp(-lam * torch.clamp(r - self.r_cut, min=0.0))
         else:
             damp = torch.ones_like(r)
-        bond_edges = torch.cat([bond_index[0], bond_index[1]])
-
         sp_i = species.index_select(0, src)
         sp_j = species.index_select(0, dst)
         onehot_i = torch.nn.functional.one_hot(sp_i, self.n_species).to(positions.dtype)
         onehot_j = torch.nn.functional.one_hot(sp_j, self.n_species).to(positions.dtype)
         x0 = self.two_body(torch.cat([onehot_i, onehot_j, self.radial(r)], dim=1)) * u.unsqueeze(1)
+        v = self._natural(self.init_v_w(self.init_ln(x0)), y)
+        e_all = self._natural(self.init_e_w(x0), y)
+        agg = torch.zeros(positions.shape[0], e_all.shape[1], dtype=e_all.dtype,
+                          device=e_all.device).index_add_(0, src, e_all * damp.unsqueeze(1))
+        n = self.init_node(agg * self.inv_sqrt_avg)
+        return frame, u, damp, sp_i, sp_j, x0, v, e_all, n
 
+    def forward(
+        self,
+        positions: Tensor,
+        species: Tensor,
+        edge_index: Tensor,
+        edge_shift: Tensor,
+        bond_index: Tensor,
+    ) -> Dict[str, Tensor]:
+        src = edge_index[0]
+        dst = edge_index[1]
+        frame, u, damp, sp_i, sp_j, x0, v, e_all, n = self._initial(positions, species, edge_index, edge_shift)
+        bond_edges = torch.cat([bond_index[0], bond_index[1]])
         out: Dict[str, Tensor] = {}
         sp_bi = sp_i.index_select(0, bond_edges)
         sp_bj = sp_j.index_select(0, bond_edges)
@@ -346,12 +370,7 @@ class SLEM(torch.nn.Module):
         if len(self.head_names) == 0:
             return out
 
-        v = self._natural(self.init_v_w(self.init_ln(x0)), y)
-        e_all = self._natural(self.init_e_w(x0), y)
         e = e_all.index_select(0, bond_edges)
-        agg = torch.zeros(positions.shape[0], e_all.shape[1], dtype=e_all.dtype,
-                          device=e_all.device).index_add_(0, src, e_all * damp.unsqueeze(1))
-        n = self.init_node(agg * self.inv_sqrt_avg)
         x = x0
         for layer in self.layers:
             x, v, n, e = layer(x, v, n, e, frame, src, dst, bond_edges, u, damp, self.inv_avg, self.edge_chunk)
@@ -361,6 +380,70 @@ class SLEM(torch.nn.Module):
             name = self.head_names[k]
             out[name + "_onsite"] = onsite
             out[name + "_bond"] = bonds
+            k += 1
+        return out
+
+    # ------------------------------------------------------------------
+    # two-pass evaluation of big structures (ase_slem.model_file.run_network): node features
+    # depend only on the edges leaving their atom, so a first pass over pieces of the structure
+    # (each with the edges leaving its atoms) gives every atom's node features; a second pass
+    # over the same pieces gives the blocks of the bond edges leaving them, reading the node
+    # features of their far ends from the first pass.  No piece needs a halo of neighbours.
+    @torch.jit.export
+    def node_features(self, positions: Tensor, species: Tensor, edge_index: Tensor,
+                      edge_shift: Tensor) -> Tensor:
+        """Node features before each layer and after the last, ``(n_layers + 1, N, hidden)``.
+
+        Right for the atoms all of whose edges are in ``edge_index`` (the others' rows miss
+        messages)."""
+        src = edge_index[0]
+        dst = edge_index[1]
+        frame, u, damp, sp_i, sp_j, x0, v, e_all, n = self._initial(positions, species, edge_index, edge_shift)
+        no_bonds = torch.zeros(0, dtype=src.dtype, device=src.device)
+        e = e_all[:0]
+        x = x0
+        ns: List[Tensor] = [n]
+        for layer in self.layers:
+            x, v, n, e = layer(x, v, n, e, frame, src, dst, no_bonds, u, damp, self.inv_avg, self.edge_chunk)
+            ns.append(n)
+        return torch.stack(ns)
+
+    @torch.jit.export
+    def directed_blocks(self, positions: Tensor, species: Tensor, edge_index: Tensor, edge_shift: Tensor,
+                        bond_edges: Tensor, nodes: Tensor) -> Dict[str, Tensor]:
+        """Blocks from known node features ``nodes`` (:meth:`node_features` of every atom of
+        the graph): ``op + "_onsite"`` (N, M, M) and ``op + "_directed"`` (len(bond_edges),
+        M, M), the block B(ij) of each directed edge in ``bond_edges`` (indices into
+        ``edge_index``), of which a bond's block is ``O_ij = (B(ij) + B(ji)^T) / 2``.
+
+        Right for the atoms all of whose edges are in ``edge_index`` and for the bond edges
+        leaving them."""
+        src = edge_index[0]
+        dst = edge_index[1]
+        frame, u, damp, sp_i, sp_j, x0, v, e_all, n = self._initial(positions, species, edge_index, edge_shift)
+        out: Dict[str, Tensor] = {}
+        sp_bi = sp_i.index_select(0, bond_edges)
+        sp_bj = sp_j.index_select(0, bond_edges)
+        if self.predict_overlap:
+            out["overlap_onsite"] = self.overlap.onsite(species)
+            out["overlap_directed"] = self.overlap(x0.index_select(0, bond_edges), u.index_select(0, bond_edges),
+                                                   frame.index_select(0, bond_edges), sp_bi, sp_bj)
+        if len(self.head_names) == 0:
+            return out
+        e = e_all.index_select(0, bond_edges)
+        x = x0
+        n = nodes[0]
+        k = 0
+        for layer in self.layers:
+            x, v, n, e = layer(x, v, n, e, frame, src, dst, bond_edges, u, damp, self.inv_avg, self.edge_chunk,
+                               nodes[k + 1])
+            k += 1
+        k = 0
+        for head in self.heads:
+            onsite, blk = head.directed(n, e, species, sp_bi, sp_bj)
+            name = self.head_names[k]
+            out[name + "_onsite"] = onsite
+            out[name + "_directed"] = blk
             k += 1
         return out
 

@@ -49,6 +49,20 @@ class ScriptedSLEM(torch.nn.Module):
         dt = self.dtype_probe.dtype
         return self.model(positions.to(dt), species, edge_index, edge_shift.to(dt), bond_index)
 
+    @torch.jit.export
+    def node_features(self, positions: Tensor, species: Tensor, edge_index: Tensor, edge_shift: Tensor) -> Tensor:
+        """First pass of the two-pass evaluation of big structures (SLEM.node_features)."""
+        dt = self.dtype_probe.dtype
+        return self.model.node_features(positions.to(dt), species, edge_index, edge_shift.to(dt))
+
+    @torch.jit.export
+    def directed_blocks(self, positions: Tensor, species: Tensor, edge_index: Tensor, edge_shift: Tensor,
+                        bond_edges: Tensor, nodes: Tensor) -> Dict[str, Tensor]:
+        """Second pass (SLEM.directed_blocks)."""
+        dt = self.dtype_probe.dtype
+        return self.model.directed_blocks(positions.to(dt), species, edge_index, edge_shift.to(dt), bond_edges,
+                                          nodes.to(dt))
+
 
 def pyscf_radial_basis(basis_name: str, shells: Dict[str, Sequence[int]]) -> Dict[str, Any]:
     """Radial functions of a PySCF basis set for each element, as
