@@ -106,11 +106,14 @@ def build_graph(
     i, j, S, d = i[order], j[order], S[order], d[order]
     n_edge = len(i)
 
-    # reverse edges: (j, i, -S)
-    key = {(int(a), int(b), int(s0), int(s1), int(s2)): k for k, (a, b, (s0, s1, s2)) in
-           enumerate(zip(i, j, S))}
-    rev = np.array([key[(int(b), int(a), -int(s0), -int(s1), -int(s2))]
-                    for a, b, (s0, s1, s2) in zip(i, j, S)], dtype=np.int64).reshape(-1)
+    # reverse edges: the edge (j, i, -S) of each (i, j, S).  The edges are sorted by (i, j, S);
+    # sorted by their reversed keys (j, i, -S) instead they run through the same set of keys,
+    # so the t-th edge of that order is the reverse of edge t.
+    by_reverse = np.lexsort((-S[:, 2], -S[:, 1], -S[:, 0], i, j)) if n_edge else np.zeros(0, np.int64)
+    rev = np.empty(n_edge, dtype=np.int64)
+    rev[by_reverse] = np.arange(n_edge)
+    if n_edge and not (np.array_equal(i[rev], j) and np.array_equal(j[rev], i) and np.array_equal(S[rev], -S)):
+        raise ValueError("neighbour list is not symmetric (an edge without its reverse); report this structure")
 
     def lex_positive(s):
         return (s[:, 0] > 0) | ((s[:, 0] == 0) & ((s[:, 1] > 0) | ((s[:, 1] == 0) & (s[:, 2] > 0))))
