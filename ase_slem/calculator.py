@@ -29,7 +29,7 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
-from .model_file import LoadedModel, check_elements, load_model, predict
+from .model_file import MAX_EDGES, LoadedModel, check_elements, load_model, predict
 from .operators import RealSpaceOperator
 from .solvers import band_energies
 
@@ -200,8 +200,8 @@ class SLEMCalculator(Calculator):
         accurate enough for the basis -- e.g. ``si_pbe_dzvp``, whose diffuse Gaussians make
         S(k) nearly singular in the crystal), else ``"model"``.
     max_edges:
-        largest graph (edges) evaluated at once; bigger structures are predicted in chunks with
-        the same result and bounded memory.
+        largest graph (edges) evaluated at once (default 20,000, about 100 silicon atoms);
+        bigger structures are predicted in pieces with the same result and bounded memory.
     n_electrons:
         electrons per cell; default: valence counts from the model's metadata, else Tr(D S) of the
         predicted density matrix (rounded to an integer), else an error asks for it.
@@ -210,12 +210,12 @@ class SLEMCalculator(Calculator):
     implemented_properties = ["hamiltonian", "overlap", "density_matrix"]
     default_parameters: dict[str, Any] = {
         "model": "si_pbe_dzvp", "device": "cpu", "dtype": None, "kpts": None, "overlap": "auto",
-        "max_edges": 200_000, "n_electrons": None,
+        "max_edges": MAX_EDGES, "n_electrons": None,
     }
     ignored_changes = {"initial_charges", "initial_magmoms"}
 
     def __init__(self, model: str = "si_pbe_dzvp", *, device: str = "cpu", dtype: Optional[str] = None,
-                 kpts=None, overlap: str = "auto", max_edges: int = 200_000,
+                 kpts=None, overlap: str = "auto", max_edges: int = MAX_EDGES,
                  n_electrons: Optional[float] = None, atoms: Optional[Atoms] = None, **kwargs):
         unknown = set(kwargs) - {"label", "directory"}
         if unknown:

@@ -19,7 +19,7 @@ cell (the full-size intermediates outgrow the CPU caches); in runs of edges it d
                                      [--repeat 2] [--no-train] [--large 4096 10648] [--json out.json]
 
 ``--large`` cells are measured with ``predict`` alone, once (the network in chunks of at most
-200,000 edges, as the calculator runs it); they join the scaling fit.
+``model_file.MAX_EDGES`` edges, as the calculator runs it); they join the scaling fit.
 """
 from __future__ import annotations
 
