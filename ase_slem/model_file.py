@@ -341,7 +341,7 @@ def run_network(model: LoadedModel, graph, max_edges: int = MAX_EDGES,
     ops = list(model.operators if operators is None else operators)
     np_dtype = np.float32 if dt == torch.float32 else np.float64
     if n_edge <= max_edges:
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.jit.optimized_execution(False):
             out = model.module(pos, species, ei, shift, bidx)
         return {op: (out[op + "_onsite"].numpy().astype(np_dtype, copy=False),
                      out[op + "_bond"].numpy().astype(np_dtype, copy=False)) for op in ops}
@@ -356,7 +356,9 @@ def run_network(model: LoadedModel, graph, max_edges: int = MAX_EDGES,
     pieces = _atom_runs(centres_all, np.bincount(src, minlength=n), max_edges)
     bond_fwd, bond_rev = bidx[0].numpy(), bidx[1].numpy()
     table = None
-    with torch.inference_mode():
+    # optimized_execution(False): TorchScript's profiling executor would re-specialize the graph
+    # for the shapes of every new piece (seconds each time) for no steady-state gain here
+    with torch.inference_mode(), torch.jit.optimized_execution(False):
         for piece in pieces:  # pass 1: node features of every atom
             sub = _piece_graph(piece, n, src, dst)
             nodes = model.module.node_features(pos.index_select(0, sub.atoms), species.index_select(0, sub.atoms),

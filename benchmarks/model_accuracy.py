@@ -14,6 +14,10 @@ choose others.  Reported, against the DFT operators of those frames:
   lowest conduction bands; also with the exact overlap (``overlap="exact"``) instead of the
   predicted one, and the error of the DFT bands when H, S are cut at the model's r_bond
   (what a perfect model of this range would still miss);
+  the same comparison with each cell's energies taken relative to its valence-band maximum
+  (over the compared k), as band plots show them: the energy zero of a periodic Kohn-Sham
+  Hamiltonian is a convention (the cell-averaged electrostatic potential is set to zero), and
+  ``mean signed`` reports how much of the absolute error is a rigid shift of a cell's bands;
 * molecules: orbital energies HOMO-4 .. LUMO+2 and all occupied ones;
 * electrons: Tr(D_pred S_pred) against the DFT electron count.
 
@@ -68,6 +72,7 @@ def band_errors(model_path, frames, n_extra: int = 4, npath: int = 80, nrandom: 
     calc_x = SLEMCalculator(str(model_path), overlap="exact")
     rng = np.random.default_rng(seed)
     err, err_x, err_cut, bad_s, n_k = [], [], [], [], []
+    err_vbm, err_cut_vbm, shifts = [], [], []
     for fr in frames:
         atoms = fr.atoms
         nval = int(round(fr.results.get("nelectron") or calc.get_number_of_electrons(atoms))) // 2
@@ -89,9 +94,18 @@ def band_errors(model_path, frames, n_extra: int = 4, npath: int = 80, nrandom: 
         err.append(np.abs(pred - ref).ravel())
         err_x.append(np.abs(pred_x - ref).ravel())
         err_cut.append(np.abs(cut - ref).ravel())
+        vbm = lambda e: e - e[:, nval - 1].max()  # noqa: E731  (energies relative to this cell's VBM)
+        err_vbm.append(np.abs(vbm(pred_x) - vbm(ref)).ravel())
+        err_cut_vbm.append(np.abs(vbm(cut) - vbm(ref)).ravel())
+        shifts.append(float(np.mean(pred_x - ref)))
     out = {name: {"mae_meV": 1000 * float(np.nanmean(np.concatenate(e))), "max_meV": 1000 * float(np.nanmax(np.concatenate(e)))}
            for name, e in (("predicted H, S", err), ("predicted H, exact S", err_x), (f"DFT H, S cut at {r_bond:g} Å", err_cut))}
     out["predicted H, S"]["k-points with S(k) not positive definite"] = f"{sum(bad_s)} of {sum(n_k)} (left out)"
+    for name, e in (("predicted H, exact S, relative to the VBM", err_vbm),
+                    (f"DFT H, S cut at {r_bond:g} Å, relative to the VBM", err_cut_vbm)):
+        out[name] = {"mae_meV": 1000 * float(np.mean(np.concatenate(e))), "max_meV": 1000 * float(np.max(np.concatenate(e)))}
+    out["predicted H, exact S, relative to the VBM"]["mean signed error per cell (meV)"] = \
+        " ".join(f"{1000 * x:+.1f}" for x in shifts)
     return out
 
 
@@ -157,7 +171,9 @@ def markdown(res: dict) -> str:
                 lines.append(f"| {op} {k} | {v:.4g} | {d['unit']} |")
     for k, v in res.get("bands", {}).items():
         note = v.get("k-points with S(k) not positive definite")
-        lines.append(f"| bands, {k} | {v['mae_meV']:.2f} (max {v['max_meV']:.1f}){'; S(k) not PD at ' + note if note else ''} | meV |")
+        shift = v.get("mean signed error per cell (meV)")
+        lines.append(f"| bands, {k} | {v['mae_meV']:.2f} (max {v['max_meV']:.1f}){'; S(k) not PD at ' + note if note else ''}"
+                     f"{'; absolute bands shifted per cell by ' + shift if shift else ''} | meV |")
     for k, v in res.get("orbitals", {}).items():
         for q, x in v.items():
             lines.append(f"| orbital energies {q.split()[0]}, {k} | {x:.2f} | meV |")
