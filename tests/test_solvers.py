@@ -100,6 +100,19 @@ def test_shift_invert_finds_eigenvalues_near_target():
     assert np.abs(hk @ vec - sk @ vec * near_k).max() < 1e-8
 
 
+def test_shift_invert_dense_and_sparse_factorizations_agree():
+    H, S = chain_operators(120)
+    sigma = 0.2
+    kpt = (0.17, 0.0, 0.0)  # complex Hermitian H(k)
+    sparse = eigs_near(H, S, sigma, nev=5, kpt=kpt, factorization="sparse")
+    dense, vec = eigs_near(H, S, sigma, nev=5, kpt=kpt, factorization="dense", eigvals_only=False)
+    assert np.abs(sparse - dense).max() < 1e-9
+    hk, sk = H.bloch(kpt), S.bloch(kpt)
+    assert np.abs(hk @ vec - sk @ vec * dense).max() < 1e-8
+    with pytest.raises(ValueError, match="factorization must be"):
+        eigs_near(H, S, sigma, nev=5, factorization="cholesky")
+
+
 def test_solve_k_batches_and_mismatched_pair():
     H, S = chain_operators(4)
     k = np.random.default_rng(0).random((7, 3))
