@@ -292,8 +292,9 @@ class SLEMCalculator(Calculator):
         if self.parameters.overlap == "exact":
             from .exact_overlap import exact_overlap
 
+            # the blocks of H's range (r_bond), not the far tails of a diffuse basis
             self.results["overlap"] = exact_overlap(self.atoms, self._radial_basis("overlap='exact'"),
-                                                    basis=self.model.basis)
+                                                    basis=self.model.basis, r_max=self.model.r_bond)
 
     def get_property(self, name, atoms=None, allow_calculation=True):
         if name not in self.implemented_properties:

@@ -39,7 +39,8 @@ def main() -> int:
     p.add_argument("--rattle", type=float, default=0.05, help="random displacements, Å (standard deviation)")
     p.add_argument("--nev", type=int, default=12, help="states to find around sigma")
     p.add_argument("--sigma", type=float, default=None, help="target energy, eV (default: gap centre of bulk Si)")
-    p.add_argument("--max-edges", type=int, default=100_000, help="graph edges per network chunk (memory bound)")
+    p.add_argument("--max-edges", type=int, default=None,
+                   help="graph edges per network call (memory bound; default: the calculator's, 20,000)")
     p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     args = p.parse_args()
 
@@ -59,7 +60,7 @@ def main() -> int:
           f"{args.rattle} Å)", flush=True)
 
     t = time.perf_counter()
-    calc = SLEMCalculator(str(model), max_edges=args.max_edges)
+    calc = SLEMCalculator(str(model), **({} if args.max_edges is None else {"max_edges": args.max_edges}))
     timings["load_model"] = time.perf_counter() - t
     base_mb = peak_rss_mb()  # torch and the model loaded
 
