@@ -60,7 +60,9 @@ def main() -> int:
           f"{args.rattle} Å)", flush=True)
 
     t = time.perf_counter()
-    calc = SLEMCalculator(str(model), **({} if args.max_edges is None else {"max_edges": args.max_edges}))
+    # exact overlap (the model's recommendation) for the pairs within the range of H only
+    calc = SLEMCalculator(str(model), overlap_cutoff="r_bond",
+                          **({} if args.max_edges is None else {"max_edges": args.max_edges}))
     timings["load_model"] = time.perf_counter() - t
     base_mb = peak_rss_mb()  # torch and the model loaded
 

@@ -123,6 +123,25 @@ def test_chunked_prediction_equals_the_whole(models):
         assert a.nblocks == b.nblocks and a.max_abs_difference(b) < 1e-12
 
 
+def test_exact_overlap_cut_at_the_bond_range_keeps_exactly_those_blocks(models):
+    atoms = si_cell()
+    full = SLEMCalculator(str(models["si"]), overlap="exact").get_overlap(atoms)
+    calc = SLEMCalculator(str(models["si"]), overlap="exact", overlap_cutoff="r_bond")
+    cut = calc.get_overlap(atoms)
+    r_bond = calc.model.r_bond
+    cell = atoms.cell.array
+    kept = {}
+    for i, j, R, blk in full.iter_blocks(both_triangles=False):
+        d = np.linalg.norm(atoms.positions[j] + np.asarray(R) @ cell - atoms.positions[i])
+        if d < r_bond:
+            kept[(i, j, tuple(R))] = blk
+    got = {(i, j, tuple(R)): blk for i, j, R, blk in cut.iter_blocks(both_triangles=False)}
+    assert got.keys() == kept.keys() and 0 < len(got) < full.nblocks
+    assert max(np.abs(got[key] - kept[key]).max() for key in got) == 0
+    with pytest.raises(CalculatorInputError, match="overlap_cutoff"):
+        SLEMCalculator(str(models["si"]), overlap="exact", overlap_cutoff=-1.0)
+
+
 def test_exact_overlap_equals_pyscf(models):
     from ase_slem.io.pyscf import atoms_to_cell, atoms_to_mole
 
