@@ -428,7 +428,7 @@ def _run_with_bond_partners(model, pos, species, ei, shift, bidx, centres_all, m
     atoms and their bond partners, so that one network call gives its blocks (fills ``res``)."""
     import torch
 
-    n, n_edge = pos.shape[0], ei.shape[1]
+    n = pos.shape[0]
     src, dst = ei[0].numpy(), ei[1].numpy()
     bond_edge = bidx[0].numpy()
     bond_i = src[bond_edge]
@@ -438,22 +438,12 @@ def _run_with_bond_partners(model, pos, species, ei, shift, bidx, centres_all, m
         bsel = np.flatnonzero(is_c[bond_i])
         need = is_c.copy()
         need[dst[bond_edge[bsel]]] = True
-        esel = np.flatnonzero(need[src])
-        # atoms of the subgraph: the needed ones plus the far ends of their edges
-        keep = need.copy()
-        keep[dst[esel]] = True
-        atoms_sel = np.flatnonzero(keep)
-        local_atom = np.full(n, -1, np.int64)
-        local_atom[atoms_sel] = np.arange(len(atoms_sel))
-        local_edge = np.full(n_edge, -1, np.int64)
-        local_edge[esel] = np.arange(len(esel))
-        sub_ei = torch.from_numpy(np.stack([local_atom[src[esel]], local_atom[dst[esel]]]))
-        sub_b = torch.from_numpy(local_edge[bidx[:, bsel].numpy()].reshape(2, -1))
-        sel_a = torch.from_numpy(atoms_sel)
+        sub = _piece_graph(np.flatnonzero(need), n, src, dst)  # edges leaving centres and partners
+        sub_b = torch.from_numpy(sub.local_edge[bidx[:, bsel].numpy()].reshape(2, -1))
         with torch.inference_mode():
-            out = model.module(pos.index_select(0, sel_a), species.index_select(0, sel_a), sub_ei,
-                               shift.index_select(0, torch.from_numpy(esel)), sub_b)
-        rows = local_atom[centres]
+            out = model.module(pos.index_select(0, sub.atoms), species.index_select(0, sub.atoms), sub.edge_index,
+                               shift.index_select(0, sub.edges), sub_b)
+        rows = sub.local_atom[centres]
         for op in ops:
             res[op][0][centres] = out[op + "_onsite"].numpy()[rows]
             res[op][1][bsel] = out[op + "_bond"].numpy()
