@@ -354,23 +354,23 @@ def run_network(model: LoadedModel, graph, max_edges: int = MAX_EDGES,
         return res
 
     pieces = _atom_runs(centres_all, np.bincount(src, minlength=n), max_edges)
+    subs = [_piece_graph(piece, n, src, dst) for piece in pieces]  # O(E) in all, used by both passes
     bond_fwd, bond_rev = bidx[0].numpy(), bidx[1].numpy()
+    fwd_src, rev_src = src[bond_fwd], src[bond_rev]
     table = None
     # optimized_execution(False): TorchScript's profiling executor would re-specialize the graph
     # for the shapes of every new piece (seconds each time) for no steady-state gain here
     with torch.inference_mode(), torch.jit.optimized_execution(False):
-        for piece in pieces:  # pass 1: node features of every atom
-            sub = _piece_graph(piece, n, src, dst)
+        for piece, sub in zip(pieces, subs):  # pass 1: node features of every atom
             nodes = model.module.node_features(pos.index_select(0, sub.atoms), species.index_select(0, sub.atoms),
                                                sub.edge_index, shift.index_select(0, sub.edges))
             if table is None:
                 table = torch.zeros((nodes.shape[0], n, nodes.shape[2]), dtype=nodes.dtype)
             table[:, torch.from_numpy(piece)] = nodes[:, torch.from_numpy(sub.local_atom[piece])]
-        for piece in pieces:  # pass 2: blocks of the bond edges leaving the piece
-            sub = _piece_graph(piece, n, src, dst)
-            fwd = np.flatnonzero(sub.is_member[src[bond_fwd]])
-            rev = np.flatnonzero(sub.is_member[src[bond_rev]])
-            edges = torch.from_numpy(sub.local_edge[np.concatenate([bond_fwd[fwd], bond_rev[rev]])])
+        for piece, sub in zip(pieces, subs):  # pass 2: blocks of the bond edges leaving the piece
+            fwd = np.flatnonzero(sub.is_member[fwd_src])
+            rev = np.flatnonzero(sub.is_member[rev_src])
+            edges = torch.from_numpy(sub.local_edges(np.concatenate([bond_fwd[fwd], bond_rev[rev]])))
             out = model.module.directed_blocks(pos.index_select(0, sub.atoms), species.index_select(0, sub.atoms),
                                                sub.edge_index, shift.index_select(0, sub.edges), edges,
                                                table.index_select(1, sub.atoms))
@@ -398,11 +398,14 @@ def _atom_runs(order: np.ndarray, degree: np.ndarray, max_edges: int) -> list:
 
 class _PieceGraph(NamedTuple):
     is_member: np.ndarray   # (N,) bool: atom in the piece
-    edges: Any              # (E_p,) torch long: the edges leaving the piece (global indices)
+    edges: Any              # (E_p,) torch long: the edges leaving the piece (global indices, ascending)
     atoms: Any              # (N_p,) torch long: the piece and its edges' far ends (global indices)
     local_atom: np.ndarray  # (N,) global -> local atom index (-1 outside)
-    local_edge: np.ndarray  # (E,) global -> local edge index (-1 outside)
     edge_index: Any         # (2, E_p) torch long, local atom indices
+
+    def local_edges(self, edges: np.ndarray) -> np.ndarray:
+        """Local indices of global ``edges``, which must leave the piece."""
+        return np.searchsorted(self.edges.numpy(), edges)
 
 
 def _piece_graph(piece: np.ndarray, n: int, src: np.ndarray, dst: np.ndarray) -> _PieceGraph:
@@ -417,10 +420,8 @@ def _piece_graph(piece: np.ndarray, n: int, src: np.ndarray, dst: np.ndarray) ->
     atoms_sel = np.flatnonzero(keep)
     local_atom = np.full(n, -1, np.int64)
     local_atom[atoms_sel] = np.arange(len(atoms_sel))
-    local_edge = np.full(len(src), -1, np.int64)
-    local_edge[esel] = np.arange(len(esel))
     sub_ei = torch.from_numpy(np.stack([local_atom[src[esel]], local_atom[dst[esel]]]))
-    return _PieceGraph(member, torch.from_numpy(esel), torch.from_numpy(atoms_sel), local_atom, local_edge, sub_ei)
+    return _PieceGraph(member, torch.from_numpy(esel), torch.from_numpy(atoms_sel), local_atom, sub_ei)
 
 
 def _run_with_bond_partners(model, pos, species, ei, shift, bidx, centres_all, max_edges, ops, res) -> None:
@@ -439,7 +440,7 @@ def _run_with_bond_partners(model, pos, species, ei, shift, bidx, centres_all, m
         need = is_c.copy()
         need[dst[bond_edge[bsel]]] = True
         sub = _piece_graph(np.flatnonzero(need), n, src, dst)  # edges leaving centres and partners
-        sub_b = torch.from_numpy(sub.local_edge[bidx[:, bsel].numpy()].reshape(2, -1))
+        sub_b = torch.from_numpy(sub.local_edges(bidx[:, bsel].numpy()).reshape(2, -1))
         with torch.inference_mode():
             out = model.module(pos.index_select(0, sub.atoms), species.index_select(0, sub.atoms), sub.edge_index,
                                shift.index_select(0, sub.edges), sub_b)
