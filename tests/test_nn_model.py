@@ -292,3 +292,42 @@ def test_outputs_to_operators():
                        out["hamiltonian_bond"][k, :ni, :nj].detach().numpy())
     assert np.allclose(h.block(int(j[k]), int(i[k]), tuple(-R[k])),
                        out["hamiltonian_bond"][k, :ni, :nj].detach().numpy().T)
+
+
+def test_gated_head_branch_is_equivariant_scriptable_and_lifts_the_rank_bound():
+    """head_channels adds E3Linear -> Gate -> E3Linear beside each head's linear map; with
+    the branch switched on (non-zero output weights) the blocks stay equivariant under
+    rotations and reflections, TorchScript agrees, and the onsite 0e irreps of a 3s2p1d atom
+    (10 of them from 2 hidden 0e channels) are no longer confined to a 2-dim affine subspace."""
+    basis = {"O": [0, 0, 0, 1, 1, 2], "H": [0, 0, 1]}
+
+    def switched_on(**kw):
+        m = small_model(basis, r_cut=3.2, **kw)
+        for head in m.heads:
+            for branch in [*head.branch_node, *head.branch_edge]:
+                assert float(branch.lin_out.weight.detach().abs().max()) == 0.0  # a new branch starts at zero
+                with torch.no_grad():
+                    branch.lin_out.weight.normal_()
+                    branch.lin_out.bias.normal_()
+        return m
+
+    model = switched_on(head_channels=3)
+    check_equivariance(model, cluster(["O", "H", "H", "O", "H"], seed=5))
+    g, out = run(model, cluster(["O", "H", "O", "H", "O", "H", "O"], seed=6))
+    scripted = torch.jit.script(model)
+    out2 = scripted(g.positions, g.species, g.edge_index, g.edge_shift, g.bond_index)
+    for k in out:
+        assert torch.allclose(out[k], out2[k], atol=1e-12), k
+    # rank of the O onsite 0e irreps of H over many water-like clusters, without and with the branch
+    ranks = []
+    for m in (small_model(basis, r_cut=3.2, n_layers=1), switched_on(head_channels=4, n_layers=1)):
+        we = m.heads[0].we_node
+        n0e = we.irreps.mul_of(0, 1)
+        rows = []
+        for seed in range(40):
+            g, out = run(m, cluster(["O", "H", "H"], seed=100 + seed, spread=1.2))
+            irr = we.to_irreps(out["hamiltonian_onsite"], g.species)
+            rows.append(irr[g.species == 0, :n0e])
+        a = torch.cat(rows).detach()
+        ranks.append(int(torch.linalg.matrix_rank(a - a.mean(0), rtol=1e-9)))
+    assert n0e == 10 and ranks[0] <= 2 < ranks[1], ranks

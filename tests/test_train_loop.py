@@ -263,3 +263,60 @@ def test_excluded_frames_are_left_out_and_unknown_names_reported(tmp_path, frame
     assert names == ["frame.000000", "frame.000002"] and len(got) == 2
     with pytest.raises(TrainingDataError, match="frame.000009"):
         loop_module.load_frames(tmp_path / "data", exclude=["frame.000009"])
+
+
+def test_extend_train_adds_new_frames_to_training_and_keeps_the_held_out_ones(tmp_path, frames):
+    """A later stage may train on frames generated after the first run (data.extend_train),
+    while the first run's validation and test frames stay exactly those: never trained on."""
+    frames = list(frames) + sk_silicon_frames(2, seed=10)
+    names = [f"frame.{k:06d}" for k in range(len(frames))]
+    first = train(config_from_dict(tiny_config(tmp_path / "base", train={"steps": 2})),
+                  frames=frames[:5], frame_names=names[:5], log=quiet)
+    split = load_checkpoint(first.checkpoint)["dataset"]["split"]
+    over = {"steps": 1, "init_from": str(first.checkpoint)}
+    said = []
+    kept = train(config_from_dict(tiny_config(tmp_path / "kept", train=over)), frames=frames,
+                 frame_names=names, log=said.append)
+    assert load_checkpoint(kept.checkpoint)["dataset"]["split"] == split
+    assert any("are left out (data.extend_train: true trains on them)" in m for m in said)
+    grown = train(config_from_dict(tiny_config(tmp_path / "grown", train=over, data={"extend_train": True})),
+                  frames=frames, frame_names=names, log=quiet)
+    new = load_checkpoint(grown.checkpoint)["dataset"]["split"]
+    assert new["val"] == split["val"] and new["test"] == split["test"]
+    assert new["train"] == split["train"] + names[5:]
+    # without a first run there is no split to extend: a clear config error
+    with pytest.raises(ConfigError, match="data.extend_train adds frames to the split of train.init_from"):
+        config_from_dict(tiny_config(tmp_path / "x", data={"extend_train": True}))
+
+
+def test_a_stage_can_add_gated_head_branches_to_a_trained_model(tmp_path, frames):
+    """model.head_channels in a fine-tuning stage grows the heads of the model it starts from:
+    every trained weight is kept and the new branches start at zero, so the first prediction
+    is the trained model's; the branches then train."""
+    from ase_slem.model_file import load_model, predict
+    from ase_slem.train.export import export_checkpoint
+
+    base = train(config_from_dict(tiny_config(tmp_path / "base", train={"steps": 10, "lr": 0.02})),
+                 frames=frames, log=quiet)
+    still = {"steps": 1, "lr": 1e-12, "min_lr": 1e-12, "warmup_steps": 0, "init_from": str(base.checkpoint)}
+    grown = train(config_from_dict(tiny_config(tmp_path / "grown", train=still, model={"head_channels": 3})),
+                  frames=frames, log=quiet)
+    state = load_checkpoint(grown.checkpoint)
+    assert state["model_args"]["head_channels"] == 3
+    branch_keys = [k for k in state["model"] if ".branch_" in k]
+    assert branch_keys and all(k in state["model"] for k in load_checkpoint(base.checkpoint)["model"])
+    atoms = frames[0].atoms.copy()
+    atoms.positions[0] += [0.05, -0.03, 0.02]
+    h0 = predict(load_model(export_checkpoint(base.checkpoint, tmp_path / "a.pt")), atoms)["hamiltonian"]
+    h1 = predict(load_model(export_checkpoint(grown.checkpoint, tmp_path / "b.pt", use_ema=False)), atoms)
+    assert np.allclose(h0.to_sparse().toarray(), h1["hamiltonian"].to_sparse().toarray(), atol=1e-5)
+    # trained further, the branches move away from zero
+    moving = dict(still, lr=0.01, min_lr=1e-4, steps=5)
+    moved = train(config_from_dict(tiny_config(tmp_path / "moved", train=moving, model={"head_channels": 3})),
+                  frames=frames, log=quiet)
+    out_w = [v for k, v in load_checkpoint(moved.checkpoint)["model"].items() if k.endswith("lin_out.weight")]
+    assert out_w and max(float(w.abs().max()) for w in out_w) > 0
+    # other model settings still have to match the model a stage starts from
+    with pytest.raises(ConfigError, match="model.channels"):
+        train(config_from_dict(tiny_config(tmp_path / "x", train=still, model={"channels": 3})),
+              frames=frames, log=quiet)

@@ -152,27 +152,61 @@ class SLEMLayer(torch.nn.Module):
         return x, v, n, e
 
 
+class GatedBranch(torch.nn.Module):
+    """``E3Linear -> Gate -> E3Linear`` from ``hidden`` to ``irreps_out`` through ``width``
+    channels per (l, p); the last linear layer starts at zero, so adding the branch to a
+    trained head leaves its output unchanged until training moves it."""
+
+    def __init__(self, hidden: Irreps, irreps_out: Irreps, width: int):
+        super().__init__()
+        wide = Irreps.full(hidden.lmax, width)
+        self.gate = Gate(wide)
+        self.lin_in = E3Linear(hidden, self.gate.irreps_in)
+        self.lin_out = E3Linear(wide, irreps_out)
+        with torch.no_grad():
+            self.lin_out.weight.zero_()
+            self.lin_out.bias.zero_()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.lin_out(self.gate(self.lin_in(x)))
+
+
 class OperatorHead(torch.nn.Module):
-    """Node/edge features -> normalised irreps -> scale/bias (Eq. 3) -> blocks (Eq. 4)."""
+    """Node/edge features -> normalised irreps -> scale/bias (Eq. 3) -> blocks (Eq. 4).
+
+    The irreps come from a linear map of the ``channels`` hidden copies of each (l, p), which
+    bounds their rank: a 3s2p1d pair needs 14 0e and 16 1o irreps, more than 8 channels can
+    span.  ``head_channels > 0`` adds a gated branch of that width (:class:`GatedBranch`)
+    whose output varies with the structure beyond that linear span."""
 
     n_species: int
 
-    def __init__(self, basis: Dict[str, Sequence[int]], hidden: Irreps):
+    def __init__(self, basis: Dict[str, Sequence[int]], hidden: Irreps, head_channels: int = 0):
         super().__init__()
         self.we_node = BlockIrrepsMap(basis, onsite=True)
         self.we_edge = BlockIrrepsMap(basis, onsite=False)
         self.n_species = self.we_edge.n_species
         self.lin_node = E3Linear(hidden, self.we_node.irreps)
         self.lin_edge = E3Linear(hidden, self.we_edge.irreps)
+        # zero or one branch each (a ModuleList keeps the model scriptable and old files loadable)
+        width = [int(head_channels)] if head_channels > 0 else []
+        self.branch_node = torch.nn.ModuleList([GatedBranch(hidden, self.we_node.irreps, w) for w in width])
+        self.branch_edge = torch.nn.ModuleList([GatedBranch(hidden, self.we_edge.irreps, w) for w in width])
         self.norm_node = PairNormalization(self.we_node.irreps, self.n_species)
         self.norm_edge = PairNormalization(self.we_edge.irreps, self.n_species**2)
 
     def directed(self, n: Tensor, e: Tensor, species: Tensor, species_i: Tensor,
                  species_j: Tensor):
         """Onsite blocks (N, M, M) and the block B(ij) (E_b, M, M) of each directed bond edge."""
-        onsite = self.we_node.to_blocks(self.norm_node(self.lin_node(n), species), species)
+        a = self.lin_node(n)
+        for branch in self.branch_node:
+            a = a + branch(n)
+        b = self.lin_edge(e)
+        for branch in self.branch_edge:
+            b = b + branch(e)
+        onsite = self.we_node.to_blocks(self.norm_node(a, species), species)
         t = species_i * self.n_species + species_j
-        return onsite, self.we_edge.to_blocks(self.norm_edge(self.lin_edge(e), t), t)
+        return onsite, self.we_edge.to_blocks(self.norm_edge(b, t), t)
 
     def forward(self, n: Tensor, e: Tensor, species: Tensor, species_i: Tensor,
                 species_j: Tensor):
@@ -201,6 +235,8 @@ class SLEM(torch.nn.Module):
     operators: subset of ``("hamiltonian", "overlap", "density_matrix")``.
     lem: LEM variant; then ``r_max`` (> r_cut) is the graph cutoff and contributions from
         beyond ``r_cut`` are damped by a trainable exponential.
+    head_channels: width of the gated branch of each operator head (0: linear heads only,
+        see :class:`OperatorHead`).
     """
 
     symbols: List[str]
@@ -235,6 +271,7 @@ class SLEM(torch.nn.Module):
         r_max: Optional[float] = None,
         lem_decay: float = 1.0,
         envelope_p: int = 6,
+        head_channels: int = 0,
     ):
         super().__init__()
         for op in operators:
@@ -246,7 +283,7 @@ class SLEM(torch.nn.Module):
             latent_dim=latent_dim, mlp_hidden=mlp_hidden,
             avg_num_neighbors=float(avg_num_neighbors), res_alpha=res_alpha,
             operators=list(operators), lem=lem, r_max=r_max, lem_decay=lem_decay,
-            envelope_p=envelope_p,
+            envelope_p=envelope_p, head_channels=int(head_channels),
         )
         self.symbols = list(basis.keys())
         self.n_species = len(self.symbols)
@@ -307,7 +344,7 @@ class SLEM(torch.nn.Module):
         self.layers = torch.nn.ModuleList(
             [SLEMLayer(hidden, latent_dim, mlp_hidden, self.lmax, res_alpha) for _ in range(n_layers)]
         )
-        self.heads = torch.nn.ModuleList([OperatorHead(basis, hidden) for _ in self.head_names])
+        self.heads = torch.nn.ModuleList([OperatorHead(basis, hidden, head_channels) for _ in self.head_names])
         self.overlap = SKOverlapHead(basis, latent_dim, (mlp_hidden,), self.lmax)
         self.max_norb = self.overlap.max_norb
         self.register_buffer("orbital_mask", self.heads[0].we_node.orbital_mask.clone()

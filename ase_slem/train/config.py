@@ -50,6 +50,9 @@ class DataConfig:
     max_frames: read at most this many frames (in index order) before splitting.
     exclude: frame folder names to leave out (e.g. frames finished after a run started, so
         that its split can be reproduced).
+    extend_train: with ``train.init_from``, frames the first run's split does not name join
+        the training set (more data for a later stage; validation and test stay the first
+        run's, so they remain held out). False leaves them out.
     """
 
     path: str = _required()
@@ -59,6 +62,7 @@ class DataConfig:
     train_fraction: float = 1.0
     max_frames: Optional[int] = None
     exclude: list = field(default_factory=list)
+    extend_train: bool = False
 
 
 @dataclass
@@ -70,6 +74,11 @@ class ModelConfig:
     channels, lmax, n_layers, num_radial, latent_dim, mlp_hidden, res_alpha, envelope_p:
         network sizes; lmax defaults to twice the largest l of the basis.
     lem, r_max, lem_decay: the semi-local LEM variant (graph to r_max > r_cut).
+    head_channels: width of a gated branch in each operator head (0: linear heads). The linear
+        head maps ``channels`` copies of each (l, p) to the block irreps, more than 8 channels
+        for 2-3 shells per l (rank-bound); the branch lifts that bound at little cost. A
+        fine-tuning stage (``train.init_from``) may add it to a model trained without: it
+        starts at zero, so the stage starts from the trained model's predictions.
     """
 
     r_cut: float = _required()
@@ -85,6 +94,7 @@ class ModelConfig:
     r_max: Optional[float] = None
     lem_decay: float = 1.0
     envelope_p: int = 6
+    head_channels: int = 0
 
 
 @dataclass
@@ -364,6 +374,11 @@ def validate(cfg: Config) -> list[str]:
         p.append(f"data.train_fraction must lie in (0, 1], got {d.train_fraction}")
     if d.max_frames is not None and d.max_frames < 1:
         p.append(f"data.max_frames must be at least 1, got {d.max_frames}")
+    if not isinstance(d.extend_train, bool):
+        p.append(f"data.extend_train must be true or false, got {d.extend_train!r}")
+    elif d.extend_train and not t.init_from:
+        p.append("data.extend_train adds frames to the split of train.init_from; set train.init_from "
+                 "(or drop data.extend_train: a new run splits all frames itself)")
     if m.r_cut <= 0:
         p.append(f"model.r_cut must be positive (Å), got {m.r_cut}")
     if m.r_bond is not None and not 0 < m.r_bond <= m.r_cut:
@@ -375,6 +390,8 @@ def validate(cfg: Config) -> list[str]:
     for key in ("channels", "n_layers", "num_radial", "latent_dim", "mlp_hidden", "envelope_p"):
         if getattr(m, key) < 1:
             p.append(f"model.{key} must be at least 1, got {getattr(m, key)}")
+    if m.head_channels < 0:
+        p.append(f"model.head_channels must be >= 0 (0 = linear heads), got {m.head_channels}")
     if m.lmax is not None and m.lmax < 0:
         p.append(f"model.lmax must be >= 0, got {m.lmax}")
     if not 0 <= m.res_alpha < 1:

@@ -330,9 +330,15 @@ def _prepare_data(cfg: Config, frames, frame_names, state: Optional[dict], say,
                 f"train.init_from: frames of its split are not in {cfg.data.path}: {', '.join(absent[:5])}"
                 + (" ..." if len(absent) > 5 else "") + "; fine-tune on the dataset that run was trained on")
         tr_idx, va_idx, te_idx = ([where[nm] for nm in fixed[part]] for part in ("train", "val", "test"))
-        extra = len(names) - sum(len(v) for v in fixed.values())
-        if extra:
-            say(f"note: {extra} frame(s) not in the split of {cfg.train.init_from} are left out")
+        named = set(tr_idx) | set(va_idx) | set(te_idx)
+        extra = [k for k in range(len(names)) if k not in named]
+        if extra and cfg.data.extend_train:
+            tr_idx = tr_idx + extra
+            say(f"note: {len(extra)} frame(s) not in the split of {cfg.train.init_from} join the training set "
+                "(data.extend_train)")
+        elif extra:
+            say(f"note: {len(extra)} frame(s) not in the split of {cfg.train.init_from} are left out "
+                "(data.extend_train: true trains on them)")
     else:
         tr_idx, va_idx, te_idx = split_indices(len(frames), cfg.data.split, cfg.data.split_seed,
                                                cfg.data.train_fraction)
@@ -383,6 +389,9 @@ def _init_state(cfg: Config) -> dict:
                           "file to fine-tune from)")
     init = state_from_model_file(path) if is_model_file(path) else load_checkpoint(path)
     diffs = config_differences({"model": init["config"]["model"]}, {"model": cfg.to_dict()["model"]})
+    grown = int(init["model_args"].get("head_channels", 0))
+    # a stage may add the gated head branch to a model trained without it (it starts at zero)
+    diffs = [d for d in diffs if not (d[0] == "model.head_channels" and grown == 0)]
     if diffs:
         listed = "; ".join(f"{k}: checkpoint {a!r}, config {b!r}" for k, a, b in diffs)
         raise ConfigError(f"train.init_from: the model section differs from {path}'s ({listed}); copy it from there")
@@ -390,6 +399,18 @@ def _init_state(cfg: Config) -> dict:
     if missing:
         raise ConfigError(f"train.init_from: {path} was not trained on {', '.join(missing)}; drop them from data.operators")
     return init
+
+
+def _grow_heads(model: torch.nn.Module, model_args: dict, head_channels: int, dtype: str):
+    """``model`` rebuilt with gated head branches of ``head_channels``; every trained weight is
+    kept and the new branches start at zero (same predictions)."""
+    grown_args = dict(model_args, head_channels=int(head_channels))
+    grown = build_model(grown_args, dtype)
+    missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
+    if unexpected or any(".branch_" not in k for k in missing):
+        raise ConfigError(f"model.head_channels: cannot add head branches to this model (missing "
+                          f"{missing[:3]}, unexpected {unexpected[:3]})")
+    return grown_args, grown
 
 
 def _start_small(mlp: torch.nn.Module, scale: float = 0.01) -> None:
@@ -419,6 +440,8 @@ def _setup_model(cfg: Config, data: _Data, state: Optional[dict], init: Optional
                 with torch.no_grad():
                     for p_, v in zip(model.parameters(), init["ema"]["shadow"]):
                         p_.copy_(v)
+            if init is not None and m.head_channels != model_args.get("head_channels", 0):
+                model_args, model = _grow_heads(model, model_args, m.head_channels, t.dtype)
         else:
             torch.manual_seed(t.seed)
             model_args = dict(
@@ -426,6 +449,7 @@ def _setup_model(cfg: Config, data: _Data, state: Optional[dict], init: Optional
                 num_radial=m.num_radial, latent_dim=m.latent_dim, mlp_hidden=m.mlp_hidden,
                 avg_num_neighbors=average_neighbors(data.train), res_alpha=m.res_alpha, operators=data.operators,
                 lem=m.lem, r_max=m.r_max if m.lem else None, lem_decay=m.lem_decay, envelope_p=m.envelope_p,
+                head_channels=m.head_channels,
             )
             model = build_model(model_args, t.dtype)
         normalizers = {op: OperatorNormalizer(data.basis) for op in data.operators}
