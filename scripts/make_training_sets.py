@@ -16,9 +16,10 @@ Structures:
 * ``si_pbe_dzvp``: 2-atom primitive diamond cells (a0 = 5.431 Å) under a random symmetric strain
   (components within +-3%) rattled as an Einstein solid at 300-900 K, plus 8-atom cubic cells
   (unstrained, a0) rattled at 300-900 K; every sixth structure is a cubic cell.
-* ``water_pbe_svp`` / ``ethanol_pbe_svp``: the PBE/def2-svp equilibrium geometry (relaxed once,
-  cached as ``equilibrium.json`` with its Hessian), distorted along all normal modes at a
-  classical temperature drawn from 100-1000 K, then rotated at random.
+* ``water_pbe_svp`` / ``ethanol_pbe_svp``: the PBE/def2-svp equilibrium geometry (pinned in
+  ``configs/data/NAME.equilibrium.json`` with its Hessian where that file exists, else relaxed
+  once and cached as ``equilibrium.json``), distorted along all normal modes at a classical
+  temperature drawn from 100-1000 K, then rotated at random.
 """
 from __future__ import annotations
 
@@ -61,12 +62,18 @@ def silicon_structures(n: int, seed: int) -> list[Atoms]:
 
 
 def equilibrium(name: str, folder: Path, settings) -> tuple[Atoms, np.ndarray]:
+    """The PBE/def2-svp minimum and its Hessian: the pinned copy in ``configs/data/NAME.equilibrium.json``
+    when there is one (so every regeneration samples the same structures: a fresh BFGS relaxation
+    lands a few 1e-4 Å elsewhere, and that moves every sampled frame), else the dataset's cached
+    one, else a new relaxation."""
     from ase_slem.io.pyscf import molecular_minimum
 
+    pinned = ROOT / "configs" / "data" / f"{name}.equilibrium.json"
     cache = folder / "equilibrium.json"
-    if cache.is_file():
-        d = json.loads(cache.read_text())
-        return Atoms(d["symbols"], positions=d["positions"]), np.asarray(d["hessian_eV_per_A2"])
+    for source in (pinned, cache):
+        if source.is_file():
+            d = json.loads(source.read_text())
+            return Atoms(d["symbols"], positions=d["positions"]), np.asarray(d["hessian_eV_per_A2"])
     start = molecule({"water_pbe_svp": "H2O", "ethanol_pbe_svp": "CH3CH2OH"}[name])
     print(f"{name}: relaxing the {start.get_chemical_formula()} geometry and computing its Hessian (PBE/def2-svp) ...",
           flush=True)
