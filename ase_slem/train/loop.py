@@ -532,6 +532,11 @@ def train(config: Config | str | os.PathLike, *, frames: Optional[Sequence[Frame
     dataset_info = data.info
     say(f"model: {'LEM' if m.lem else 'SLEM'} with {n_params} parameters, {t.dtype}, "
         f"N_avg = {model_args['avg_num_neighbors']:.2f}, predicts {', '.join(ops)}")
+    bound = model.heads[0].rank_bound(model_args["channels"]) if len(model.heads) else []
+    if bound and not model_args.get("head_channels", 0):
+        say("note: the linear operator heads map model.channels = {} copies of each (l, p) onto more block "
+            "irreps ({}); model.head_channels (e.g. 16) adds a gated branch that lifts this rank bound".format(
+                model_args["channels"], ", ".join(f"{n} {ir}" for ir, n, _ in bound)))
 
     csv_log = MetricsCSV(out_dir / "metrics.csv", ops, symbols, bands=t.band_weight > 0)
     csv_log.start(keep_up_to=start if state is not None else None)
