@@ -7,9 +7,9 @@
     ef = calc.get_fermi_level()              # eV, from the kpts mesh
 
 Properties (``implemented_properties``) are ``"hamiltonian"``, ``"overlap"`` and
-``"density_matrix"`` (:class:`~ase_slem.operators.RealSpaceOperator`); all the model predicts are
-computed in one network pass and cached until positions, cell, atomic numbers or pbc change
-(ASE's ``check_state``).  With ``overlap="exact"`` the overlap is not the network's but the exact
+``"density_matrix"`` (:class:`~ase_slem.operators.RealSpaceOperator`); H and S are computed in
+one network pass (D with them if it is asked for first, else by a second pass when it is), and
+cached until positions, cell, atomic numbers or pbc change (ASE's ``check_state``).  With ``overlap="exact"`` the overlap is not the network's but the exact
 two-centre integrals of the model's Gaussian basis (:mod:`ase_slem.exact_overlap`).
 
 With ``kpts`` the calculator also speaks ASE's DFT-calculator interface (eigenvalues on the
@@ -289,7 +289,10 @@ class SLEMCalculator(Calculator):
         self._kcache = {}
 
     def calculate(self, atoms: Optional[Atoms] = None, properties=("hamiltonian",), system_changes=all_changes):
-        """Predict every operator of ``atoms`` (one network pass) into ``self.results``."""
+        """Predict the operators of ``atoms`` into ``self.results``: H and S together in one network
+        pass, and D with them when it is asked for; asked for later, D takes a second pass that
+        leaves H and S as they are (bands and DOS of a big cell never hold D, a third of the
+        memory of the prediction)."""
         if atoms is None and self.atoms is None:
             raise CalculatorInputError("no structure: attach the calculator (atoms.calc = calc) or pass the atoms")
         try:
@@ -298,11 +301,15 @@ class SLEMCalculator(Calculator):
             self.atoms = None  # ASE stored the rejected structure; forget it
             raise
         super().calculate(atoms, list(properties), system_changes)
-        self._kcache = {}
-        ops = [o for o in self.model.operators if not (o == "overlap" and self.parameters.overlap == "exact")]
-        self.prediction_count += 1
-        self.results.update(predict(self.model, self.atoms, operators=ops, max_edges=self.parameters.max_edges))
-        if self.parameters.overlap == "exact":
+        if system_changes:
+            self._kcache = {}
+        exact = self.parameters.overlap == "exact"
+        wanted = [o for o in self.model.operators if o != "density_matrix" or "density_matrix" in properties]
+        ops = [o for o in wanted if o not in self.results and not (o == "overlap" and exact)]
+        if ops:
+            self.prediction_count += 1
+            self.results.update(predict(self.model, self.atoms, operators=ops, max_edges=self.parameters.max_edges))
+        if exact and "overlap" not in self.results:
             from .exact_overlap import exact_overlap
 
             cut = self.parameters.overlap_cutoff

@@ -38,18 +38,24 @@ def test_results_are_the_models_predictions_and_cached(models):
     calc = SLEMCalculator(str(models["si"]))
     atoms.calc = calc
     ref = predict(load_model(models["si"]), atoms)
-    H, S, D = calc.get_hamiltonian(atoms), calc.get_overlap(atoms), calc.get_density_matrix(atoms)
+    H, S = calc.get_hamiltonian(atoms), calc.get_overlap(atoms)
+    assert calc.prediction_count == 1 and "density_matrix" not in calc.results  # one pass for H and S, no D held
+    D = calc.get_density_matrix(atoms)
+    assert calc.prediction_count == 2  # D on request, by a second pass that leaves H and S alone
     for name, op in (("hamiltonian", H), ("overlap", S), ("density_matrix", D)):
         assert op.nblocks == ref[name].nblocks > 2
         assert op.max_abs_difference(ref[name]) == 0.0
-    assert calc.prediction_count == 1  # one network pass for all three
-    assert calc.get_hamiltonian() is H and calc.get_overlap(atoms) is S and calc.prediction_count == 1
+    assert calc.get_hamiltonian() is H and calc.get_overlap(atoms) is S and calc.get_density_matrix() is D
+    assert calc.prediction_count == 2
+    fresh = SLEMCalculator(str(models["si"]))  # D asked first: all three in one pass
+    fresh.get_density_matrix(atoms), fresh.get_hamiltonian(atoms), fresh.get_overlap(atoms)
+    assert fresh.prediction_count == 1
     atoms.positions[0, 0] += 0.05
     H2 = calc.get_hamiltonian(atoms)
-    assert calc.prediction_count == 2 and H2.max_abs_difference(H) > 1e-4
+    assert calc.prediction_count == 3 and H2.max_abs_difference(H) > 1e-4
     atoms.set_cell(atoms.cell * 1.01, scale_atoms=True)
     calc.get_overlap(atoms)
-    assert calc.prediction_count == 3
+    assert calc.prediction_count == 4
     assert calc.get_overlap(atoms).max_abs_difference(predict(load_model(models["si"]), atoms)["overlap"]) == 0.0
 
 
