@@ -9,8 +9,9 @@
 Properties (``implemented_properties``) are ``"hamiltonian"``, ``"overlap"`` and
 ``"density_matrix"`` (:class:`~ase_slem.operators.RealSpaceOperator`); H and S are computed in
 one network pass (D with them if it is asked for first, else by a second pass when it is), and
-cached until positions, cell, atomic numbers or pbc change (ASE's ``check_state``).  With ``overlap="exact"`` the overlap is not the network's but the exact
-two-centre integrals of the model's Gaussian basis (:mod:`ase_slem.exact_overlap`).
+cached until positions, cell, atomic numbers or pbc change (ASE's ``check_state``).  With
+``overlap="exact"`` the overlap is not the network's but the exact two-centre integrals of the
+model's Gaussian basis (:mod:`ase_slem.exact_overlap`).
 
 With ``kpts`` the calculator also speaks ASE's DFT-calculator interface (eigenvalues on the
 irreducible k-points, weights, Fermi level, occupations), so ``ase.dft.dos.DOS(calc)`` works.

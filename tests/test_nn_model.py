@@ -332,5 +332,5 @@ def test_gated_head_branch_is_equivariant_scriptable_and_lifts_the_rank_bound():
         ranks.append(int(torch.linalg.matrix_rank(a - a.mean(0), rtol=1e-9)))
     assert n0e == 10 and ranks[0] <= 2 < ranks[1], ranks
     # the bound a training run reports: 3s2p1d pairs need 14 0e and 16 1o irreps
-    bound = dict((ir, need) for ir, need, _ in model.heads[0].rank_bound(8))
+    bound = dict(model.heads[0].rank_bound(8))
     assert bound["0e"] == 14 and bound["1o"] == 16 and model.heads[0].rank_bound(16) == []

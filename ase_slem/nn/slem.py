@@ -196,14 +196,14 @@ class OperatorHead(torch.nn.Module):
         self.norm_edge = PairNormalization(self.we_edge.irreps, self.n_species**2)
 
     @torch.jit.unused
-    def rank_bound(self, channels: int) -> List[Tuple[str, int, int]]:
-        """``(irrep, irreps needed, channels)`` where a linear head needs more irreps of one
-        (l, p) than the ``channels`` hidden copies it maps from (empty: no bound)."""
-        out: List[Tuple[str, int, int]] = []
+    def rank_bound(self, channels: int) -> List[Tuple[str, int]]:
+        """``(irrep, irreps needed)`` for each (l, p) of which a linear head needs more irreps
+        than the ``channels`` hidden copies it maps from (empty: no bound)."""
+        out: List[Tuple[str, int]] = []
         for mul, l, p in self.we_edge.irreps.sorted().blocks:
             need = max(mul, self.we_node.irreps.mul_of(l, p))
             if need > channels:
-                out.append((f"{l}{'e' if p == 1 else 'o'}", need, channels))
+                out.append((f"{l}{'e' if p == 1 else 'o'}", need))
         return out
 
     def directed(self, n: Tensor, e: Tensor, species: Tensor, species_i: Tensor,

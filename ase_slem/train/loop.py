@@ -389,9 +389,9 @@ def _init_state(cfg: Config) -> dict:
                           "file to fine-tune from)")
     init = state_from_model_file(path) if is_model_file(path) else load_checkpoint(path)
     diffs = config_differences({"model": init["config"]["model"]}, {"model": cfg.to_dict()["model"]})
-    grown = int(init["model_args"].get("head_channels", 0))
     # a stage may add the gated head branch to a model trained without it (it starts at zero)
-    diffs = [d for d in diffs if not (d[0] == "model.head_channels" and grown == 0)]
+    linear_heads = not init["model_args"].get("head_channels", 0)
+    diffs = [d for d in diffs if not (d[0] == "model.head_channels" and linear_heads)]
     if diffs:
         listed = "; ".join(f"{k}: checkpoint {a!r}, config {b!r}" for k, a, b in diffs)
         raise ConfigError(f"train.init_from: the model section differs from {path}'s ({listed}); copy it from there")
@@ -536,7 +536,7 @@ def train(config: Config | str | os.PathLike, *, frames: Optional[Sequence[Frame
     if bound and not model_args.get("head_channels", 0):
         say("note: the linear operator heads map model.channels = {} copies of each (l, p) onto more block "
             "irreps ({}); model.head_channels (e.g. 16) adds a gated branch that lifts this rank bound".format(
-                model_args["channels"], ", ".join(f"{n} {ir}" for ir, n, _ in bound)))
+                model_args["channels"], ", ".join(f"{n} {ir}" for ir, n in bound)))
 
     csv_log = MetricsCSV(out_dir / "metrics.csv", ops, symbols, bands=t.band_weight > 0)
     csv_log.start(keep_up_to=start if state is not None else None)
