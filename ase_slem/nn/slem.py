@@ -367,9 +367,11 @@ class SLEM(torch.nn.Module):
         w = torch.cat([w, w.new_zeros(w.shape[0], 1)], dim=1)
         return w.index_select(1, self.nat_index) * y.index_select(1, self.sh_index)
 
-    def _initial(self, positions: Tensor, species: Tensor, edge_index: Tensor, edge_shift: Tensor):
+    def _initial(self, positions: Tensor, species: Tensor, edge_index: Tensor, edge_shift: Tensor,
+                 with_nodes: bool = True):
         """Edge geometry and the initial features (Eq. 8-10): (frame, u, damp, species of i and
-        j per edge, x0, V, e of every edge, n)."""
+        j per edge, x0, V, e of every edge, n); ``with_nodes=False`` skips the node aggregation
+        (n is then an empty ``(0, hidden)`` tensor: the caller has the node features already)."""
         src = edge_index[0]
         dst = edge_index[1]
         vec = positions.index_select(0, dst) + edge_shift - positions.index_select(0, src)
@@ -389,6 +391,8 @@ class SLEM(torch.nn.Module):
         x0 = self.two_body(torch.cat([onehot_i, onehot_j, self.radial(r)], dim=1)) * u.unsqueeze(1)
         v = self._natural(self.init_v_w(self.init_ln(x0)), y)
         e_all = self._natural(self.init_e_w(x0), y)
+        if not with_nodes:
+            return frame, u, damp, sp_i, sp_j, x0, v, e_all, e_all[:0]
         agg = torch.zeros(positions.shape[0], e_all.shape[1], dtype=e_all.dtype,
                           device=e_all.device).index_add_(0, src, e_all * damp.unsqueeze(1))
         n = self.init_node(agg * self.inv_sqrt_avg)
@@ -468,7 +472,8 @@ class SLEM(torch.nn.Module):
         leaving them."""
         src = edge_index[0]
         dst = edge_index[1]
-        frame, u, damp, sp_i, sp_j, x0, v, e_all, n = self._initial(positions, species, edge_index, edge_shift)
+        frame, u, damp, sp_i, sp_j, x0, v, e_all, n = self._initial(positions, species, edge_index, edge_shift,
+                                                                    False)
         out: Dict[str, Tensor] = {}
         sp_bi = sp_i.index_select(0, bond_edges)
         sp_bj = sp_j.index_select(0, bond_edges)
