@@ -4,6 +4,7 @@
     python scripts/make_training_sets.py water     [--frames 500]
     python scripts/make_training_sets.py ethanol
     python scripts/make_training_sets.py all
+    python scripts/make_training_sets.py si --frames 144 --kinds primitive2_strained   # only the 2-atom cells
 
 Each set is ``OUT/<model name>/``: ``structures.extxyz`` (the sampled geometries, written once
 from a fixed seed, so a rerun computes the same frames), ``frame.NNNNNN/`` (one per structure,
@@ -101,7 +102,8 @@ def molecule_structures(eq: Atoms, hess: np.ndarray, n: int, seed: int) -> list[
     return out
 
 
-def make(name: str, out_root: Path, n_frames: int | None, workers: int, threads: int | None = None) -> None:
+def make(name: str, out_root: Path, n_frames: int | None, workers: int, threads: int | None = None,
+         kinds: list[str] | None = None) -> None:
     settings = load_settings(ROOT / "configs" / "data" / f"{name}.yaml")
     folder = out_root / name
     structures_file = folder / "structures.extxyz"
@@ -123,7 +125,15 @@ def make(name: str, out_root: Path, n_frames: int | None, workers: int, threads:
         write(tmp, structures, format="extxyz")
         tmp.replace(structures_file)
     structures = structures[:n]
-    report = generate_dataset(structures, settings, folder, workers=workers, threads_per_worker=threads)
+    indices = None
+    if kinds:
+        have = sorted({a.info.get("kind", "") for a in structures})
+        unknown = sorted(set(kinds) - set(have))
+        if unknown:
+            raise SystemExit(f"{name}: no structures of kind {unknown}; its kinds are {have}")
+        indices = [k for k, a in enumerate(structures) if a.info.get("kind") in kinds]
+    report = generate_dataset(structures, settings, folder, workers=workers, threads_per_worker=threads,
+                              indices=indices)
     print(f"{name}: {len(report.written)} frames written, {len(report.skipped)} already there, "
           f"{len(report.failed)} failed, {report.seconds:.0f} s -> {folder}", flush=True)
 
@@ -136,10 +146,13 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
     p.add_argument("--threads", type=int, help="threads per process (default: cores / workers); with other jobs "
                                                 "running, 1 avoids OpenMP oversubscription")
+    p.add_argument("--kinds", nargs="+", metavar="KIND",
+                   help="compute only structures of these kinds (si: primitive2_strained, cubic8); the others "
+                        "keep their frame numbers and can be filled in by a later run")
     args = p.parse_args(argv)
     names = list(SETS.values()) if args.which == "all" else [SETS[args.which]]
     for name in names:
-        make(name, Path(args.out), args.frames, args.workers, args.threads)
+        make(name, Path(args.out), args.frames, args.workers, args.threads, args.kinds)
     return 0
 
 

@@ -163,3 +163,17 @@ def test_cli_data_pyscf(tmp_path, capsys):
     assert cli_main(["data", "pyscf", str(structures), "--settings", str(bad), "--out", str(tmp_path / "e")]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "'functional'" in err
+
+
+def test_indices_compute_only_those_frames_under_their_own_numbers(tmp_path):
+    structures = _waters(3)
+    out = tmp_path / "water"
+    rep = generate_dataset(structures, WATER, out, progress=False, indices=[2])
+    assert rep.written == [2] and rep.skipped == []
+    assert [p.name for p in frame_paths(out)] == ["frame.000002"]
+    fr = read_frame(out / "frame.000002")
+    assert np.allclose(fr.atoms.positions, structures[2].positions, atol=1e-10)
+    rep = generate_dataset(structures, WATER, out, progress=False, indices=[0, 2])  # 2 is there already
+    assert rep.written == [0] and rep.skipped == [2]
+    with pytest.raises(SettingsError, match="outside the 3 structures"):
+        generate_dataset(structures, WATER, out, progress=False, indices=[3])

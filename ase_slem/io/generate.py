@@ -238,11 +238,13 @@ class GenerationReport:
 
 def generate_dataset(structures: Sequence[Atoms], settings: GenerationSettings | dict | str, out: str | os.PathLike,
                      *, workers: int = 1, threads_per_worker: Optional[int] = None, progress: bool = True,
-                     log=print) -> GenerationReport:
+                     log=print, indices: Optional[Sequence[int]] = None) -> GenerationReport:
     """Compute a frame for every structure not yet in ``out`` (see the module docstring).
 
     ``workers`` processes run frames in parallel, each with ``threads_per_worker`` BLAS/OpenMP
-    threads (default: the cores divided among the workers).
+    threads (default: the cores divided among the workers).  ``indices`` restricts the work to
+    those structures (frame ``n`` is still ``frame.n`` of the full list, so a later run can fill
+    in the others).
     """
     from tqdm.auto import tqdm
 
@@ -263,8 +265,15 @@ def generate_dataset(structures: Sequence[Atoms], settings: GenerationSettings |
     tmp = out / f".settings.json.{os.getpid()}"
     tmp.write_text(json.dumps(settings.__dict__, indent=1))
     os.replace(tmp, out / "settings.json")
-    done = [n for n in range(len(structures)) if (out / frame_name(n)).is_dir()]
-    todo = [n for n in range(len(structures)) if n not in set(done)]
+    wanted = range(len(structures))
+    if indices is not None:
+        bad = sorted({int(n) for n in indices if not 0 <= int(n) < len(structures)})
+        if bad:
+            raise SettingsError(f"indices {bad[:5]} are outside the {len(structures)} structures (0..{len(structures) - 1})")
+        wanted = sorted({int(n) for n in indices})
+    done = [n for n in wanted if (out / frame_name(n)).is_dir()]
+    done_set = set(done)
+    todo = [n for n in wanted if n not in done_set]
     if done:
         log(f"{len(done)} of {len(structures)} frames already in {out}; computing the other {len(todo)}")
     threads = threads_per_worker or max(1, (os.cpu_count() or 1) // max(1, workers))
