@@ -34,6 +34,7 @@ from ase import Atoms
 from ase.build import bulk, molecule
 from ase.io import read, write
 
+from ase_slem.io.dataset import frame_name
 from ase_slem.io.generate import generate_dataset, load_settings
 from ase_slem.io.sampling import (einstein_displacements, harmonic_modes, normal_mode_displacements,
                                   random_rotation, random_strain)
@@ -103,7 +104,7 @@ def molecule_structures(eq: Atoms, hess: np.ndarray, n: int, seed: int) -> list[
 
 
 def make(name: str, out_root: Path, n_frames: int | None, workers: int, threads: int | None = None,
-         kinds: list[str] | None = None) -> None:
+         kinds: list[str] | None = None, retry_failed: bool = False) -> None:
     settings = load_settings(ROOT / "configs" / "data" / f"{name}.yaml")
     folder = out_root / name
     structures_file = folder / "structures.extxyz"
@@ -132,6 +133,14 @@ def make(name: str, out_root: Path, n_frames: int | None, workers: int, threads:
         if unknown:
             raise SystemExit(f"{name}: no structures of kind {unknown}; its kinds are {have}")
         indices = [k for k, a in enumerate(structures) if a.info.get("kind") in kinds]
+    failed_log = folder / "failed.jsonl"
+    if not retry_failed and failed_log.is_file():  # an SCF that did not converge will not converge on a rerun
+        failed = {json.loads(line)["index"] for line in failed_log.read_text().splitlines() if line.strip()}
+        failed -= {k for k in failed if (folder / frame_name(k)).is_dir()}
+        if failed:
+            print(f"{name}: leaving out {len(failed)} structure(s) that failed before ({failed_log}; "
+                  f"--retry-failed tries them again)", flush=True)
+            indices = [k for k in (indices if indices is not None else range(len(structures))) if k not in failed]
     report = generate_dataset(structures, settings, folder, workers=workers, threads_per_worker=threads,
                               indices=indices)
     print(f"{name}: {len(report.written)} frames written, {len(report.skipped)} already there, "
@@ -149,10 +158,12 @@ def main(argv=None) -> int:
     p.add_argument("--kinds", nargs="+", metavar="KIND",
                    help="compute only structures of these kinds (si: primitive2_strained, cubic8); the others "
                         "keep their frame numbers and can be filled in by a later run")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="compute again the structures failed.jsonl records (left out by default)")
     args = p.parse_args(argv)
     names = list(SETS.values()) if args.which == "all" else [SETS[args.which]]
     for name in names:
-        make(name, Path(args.out), args.frames, args.workers, args.threads, args.kinds)
+        make(name, Path(args.out), args.frames, args.workers, args.threads, args.kinds, args.retry_failed)
     return 0
 
 

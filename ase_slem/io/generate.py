@@ -275,7 +275,7 @@ def generate_dataset(structures: Sequence[Atoms], settings: GenerationSettings |
     done_set = set(done)
     todo = [n for n in wanted if n not in done_set]
     if done:
-        log(f"{len(done)} of {len(structures)} frames already in {out}; computing the other {len(todo)}")
+        log(f"{len(done)} of the {len(wanted)} frames asked for already in {out}; computing the other {len(todo)}")
     threads = threads_per_worker or max(1, (os.cpu_count() or 1) // max(1, workers))
     written, failed = [], []
     t0 = time.perf_counter()
