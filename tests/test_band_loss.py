@@ -1,6 +1,8 @@
 """The band-energy term of the training loss: the differentiable Bloch sum equals
 RealSpaceOperator.bloch, exact blocks give zero band error, its gradient matches finite
-differences, and training with it (also fine-tuning from a checkpoint) lowers the band error."""
+differences, and training with it (also fine-tuning from a checkpoint) lowers the band error.
+The coupling term: zero for exact blocks, it sees how a perturbation mixes the DFT states
+(which the energies see only to second order), and its gradient is right."""
 from __future__ import annotations
 
 import csv
@@ -9,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from ase_slem.train.band_loss import band_errors, band_reference, bloch_blocks, generalized_eigvalsh
+from ase_slem.train.band_loss import band_errors, band_reference, band_terms, bloch_blocks, generalized_eigvalsh
 from ase_slem.train.config import ConfigError, config_from_dict
 from ase_slem.train.data import make_sample
 from ase_slem.train.loop import train
@@ -162,3 +164,79 @@ def test_band_skip_leaves_the_core_level_out():
     assert float(e_full[0, 0]) > 0.5 and float(e_skip.max()) < 0.1 * float(e_full[0, 0])
     with pytest.raises(ValueError, match="cannot leave out the lowest 7"):
         band_reference(fr, mask, s.species, extra=2, skip=7)
+
+
+def test_coupling_term_sees_mixing_of_the_dft_states(frames):
+    """<psi_a|H|psi_b> of the DFT states vanishes for exact blocks; an onsite change with zero
+    expectation in states a and b but coupling eps between them moves their energies at second
+    order only, while the coupling term reads eps; the gradient matches central differences."""
+    import scipy.linalg as sl
+
+    fr = frames[2]
+    s = sample_of(fr)
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    ref = band_reference(fr, mask, s.species, extra=4)
+    k = np.zeros((1, 3))  # Gamma: real states, a perturbation that is a sum of real blocks
+    on, bd = s.targets["hamiltonian"]
+    err, mix = band_terms(ref, on, bd, s.bond_i, s.bond_j, s.bond_shift, k, mixing=True)
+    nb = ref.n_bands
+    assert err.shape == (1, nb) and mix.ndim == 1 and 0 < mix.numel() <= nb * (nb - 1) // 2
+    assert float(mix.max()) < 1e-9
+    _, none = band_terms(ref, on, bd, s.bond_i, s.bond_j, s.bond_shift, k)
+    assert none is None
+
+    # an onsite change X of atom 0 with <a|X|a> = <b|X|b> = 0 and <a|X|b> = 1 for two DFT states
+    # at Gamma: their energies move at second order only, their coupling by eps
+    h0 = fr.operators["hamiltonian"].bloch(k)[0].real
+    s0 = fr.operators["overlap"].bloch(k)[0].real
+    e, c = sl.eigh(h0, s0)
+    gap = np.abs(e[:nb, None] - e[None, :nb])
+    a, b = next((i, j) for i in range(nb) for j in range(i + 1, nb) if gap[i, j] > 0.5)
+    ua, ub = c[:4, a], c[:4, b]
+    basis = [np.outer(np.eye(4)[p], np.eye(4)[q]) + np.outer(np.eye(4)[q], np.eye(4)[p]) for p in range(4) for q in range(p, 4)]
+    lhs = np.array([[x @ y @ z for y in basis] for x, z in ((ua, ua), (ub, ub), (ua, ub))])
+    coef = np.linalg.lstsq(lhs, np.array([0.0, 0.0, 1.0]), rcond=None)[0]
+    x = sum(w * y for w, y in zip(coef, basis))
+    keep = np.triu(gap > 1e-3, k=1)
+    pair = int(np.cumsum(keep.ravel())[a * nb + b]) - 1
+    out = {}
+    for eps in (1e-3, 5e-4):
+        bump = torch.zeros_like(on)
+        bump[0, :4, :4] = torch.as_tensor(eps * x)
+        err, mix = band_terms(ref, on + bump, bd, s.bond_i, s.bond_j, s.bond_shift, k, mixing=True)
+        assert float(mix[pair]) == pytest.approx(eps, rel=1e-6)
+        out[eps] = (float(err[0, a]), float(err[0, b]))
+    for big, small in zip(out[1e-3], out[5e-4]):  # halving the change quarters these errors
+        assert small == pytest.approx(big / 4, rel=0.02)
+
+    # gradient of the coupling term against central differences
+    g = torch.Generator().manual_seed(1)
+    kk = np.random.default_rng(2).uniform(-0.5, 0.5, (2, 3))
+    on_p = (on + 0.05 * torch.randn(on.shape, generator=g, dtype=on.dtype)).requires_grad_(True)
+    bd_p = (bd + 0.05 * torch.randn(bd.shape, generator=g, dtype=bd.dtype)).requires_grad_(True)
+    f = lambda x, y: band_terms(ref, x, y, s.bond_i, s.bond_j, s.bond_shift, kk, mixing=True)[1].mean()  # noqa: E731
+    val = f(on_p, bd_p)
+    assert float(val.detach()) > 1e-3
+    val.backward()
+    d_on = torch.randn(on.shape, generator=g, dtype=on.dtype)
+    d_bd = torch.randn(bd.shape, generator=g, dtype=bd.dtype)
+    analytic = float((on_p.grad * d_on).sum() + (bd_p.grad * d_bd).sum())
+    h = 1e-6
+    with torch.no_grad():
+        numeric = float(f(on_p + h * d_on, bd_p + h * d_bd) - f(on_p - h * d_on, bd_p - h * d_bd)) / (2 * h)
+    assert abs(analytic - numeric) < 1e-5 * max(1.0, abs(numeric))
+
+
+def test_training_with_the_coupling_term_and_its_config_errors(frames, tmp_path):
+    over = {"steps": 6, "lr": 0.01, "eval_every": 3, "band_weight": 1.0, "band_kpoints": 2, "band_mixing_weight": 1.0}
+    res = train(config_from_dict(tiny_config(tmp_path / "mix", train=over)), frames=frames, log=quiet)
+    tr = rows(res.metrics_csv, "train")
+    assert len(tr) == 6 and all(np.isfinite(float(r["loss"])) for r in tr)
+    # the coupling adds to the loss: the same first step without it has a smaller loss
+    plain = train(config_from_dict(tiny_config(tmp_path / "plain", train=dict(over, steps=1, band_mixing_weight=0.0))),
+                  frames=frames, log=quiet)
+    assert float(tr[0]["loss"]) > float(rows(plain.metrics_csv, "train")[0]["loss"])
+    with pytest.raises(ConfigError, match="band_mixing_weight > 0 needs the band term"):
+        config_from_dict(tiny_config(tmp_path / "bad", train={"band_mixing_weight": 1.0}))
+    with pytest.raises(ConfigError, match="band_mixing_weight must be >= 0"):
+        config_from_dict(tiny_config(tmp_path / "bad", train={"band_weight": 1.0, "band_mixing_weight": -1.0}))

@@ -15,7 +15,7 @@ the eigenproblem is solved in float64 through a Cholesky factor of S(k), with
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -83,13 +83,16 @@ def bloch_blocks(onsite: Tensor, bonds: Tensor, bond_i: Tensor, bond_j: Tensor, 
     return t.index_select(1, orbitals).index_select(2, orbitals)
 
 
-def generalized_eigvalsh(h: Tensor, s: Tensor) -> Tensor:
-    """Eigenvalues of H x = e S x for a batch (K, n, n) of Hermitian H and positive S."""
-    chol = torch.linalg.cholesky(s)
+def _orthogonalized(h: Tensor, chol: Tensor) -> Tensor:
+    """L^-1 H L^-H for the Cholesky factor L of S: (K, n, n) Hermitian, same eigenvalues as (H, S)."""
     a = torch.linalg.solve_triangular(chol, h, upper=False)
     a = torch.linalg.solve_triangular(chol, a.conj().transpose(-1, -2), upper=False)
-    a = 0.5 * (a + a.conj().transpose(-1, -2))
-    return torch.linalg.eigvalsh(a)
+    return 0.5 * (a + a.conj().transpose(-1, -2))
+
+
+def generalized_eigvalsh(h: Tensor, s: Tensor) -> Tensor:
+    """Eigenvalues of H x = e S x for a batch (K, n, n) of Hermitian H and positive S."""
+    return torch.linalg.eigvalsh(_orthogonalized(h, torch.linalg.cholesky(s)))
 
 
 def random_kpoints(n: int, periodic: bool, rng: np.random.Generator) -> np.ndarray:
@@ -99,23 +102,50 @@ def random_kpoints(n: int, periodic: bool, rng: np.random.Generator) -> np.ndarr
     return rng.uniform(-0.5, 0.5, (n, 3))
 
 
+def band_terms(ref: BandReference, onsite: Tensor, bonds: Tensor, bond_i: Tensor, bond_j: Tensor,
+               bond_shift: Tensor, kpts: np.ndarray, mixing: bool = False,
+               degenerate: float = 1e-3) -> Tuple[Tensor, Optional[Tensor]]:
+    """(|e_pred - e_DFT| (eV) of the compared bands at ``kpts``, shape (K, n_bands - skip);
+    with ``mixing``, the couplings |<psi_a|H_pred(k)|psi_b>| (eV) between the DFT Bloch states
+    a < b of the compared bands whose DFT energies differ by more than ``degenerate`` eV, flat,
+    else None).  Both differentiable in the predicted H blocks.
+
+    The couplings vanish when the predicted H(k), restricted to the DFT states of the compared
+    bands, is diagonal in them: the band term checks the energies of those states, this one
+    that the predicted H does not mix them (the states themselves, their characters and the
+    density they give).  Pairs within a degenerate level are left out (any rotation of
+    degenerate states is as good)."""
+    k = torch.as_tensor(kpts, dtype=torch.float64)
+    s_k = torch.as_tensor(ref.overlap.bloch(kpts).reshape(len(kpts), ref.overlap.norb, -1))
+    h_ref = torch.as_tensor(ref.hamiltonian.bloch(kpts).reshape(len(kpts), ref.hamiltonian.norb, -1))
+    chol = torch.linalg.cholesky(s_k)
+    sel = slice(ref.skip, ref.n_bands)
+    with torch.no_grad():
+        e_ref, vec_ref = torch.linalg.eigh(_orthogonalized(h_ref, chol))
+        e_ref, vec_ref = e_ref[:, sel], vec_ref[:, :, sel]
+    a = _orthogonalized(bloch_blocks(onsite, bonds, bond_i, bond_j, bond_shift, k, ref.orbitals), chol)
+    err = (torch.linalg.eigvalsh(a)[:, sel] - e_ref).abs()
+    if not mixing:
+        return err, None
+    m = vec_ref.conj().transpose(1, 2) @ a @ vec_ref  # (K, nb, nb): H_pred in the DFT states
+    nb = m.shape[1]
+    upper = torch.triu(torch.ones(nb, nb, dtype=torch.bool), diagonal=1)
+    gap = (e_ref[:, :, None] - e_ref[:, None, :]).abs()
+    keep = upper[None] & (gap > degenerate)
+    return err, m.abs()[keep]
+
+
 def band_errors(ref: BandReference, onsite: Tensor, bonds: Tensor, bond_i: Tensor, bond_j: Tensor,
                 bond_shift: Tensor, kpts: np.ndarray) -> Tensor:
     """|e_pred - e_DFT| (eV) of the compared bands at ``kpts``: (K, n_bands - skip), differentiable
     in the predicted H blocks."""
-    k = torch.as_tensor(kpts, dtype=torch.float64)
-    s_k = torch.as_tensor(ref.overlap.bloch(kpts).reshape(len(kpts), ref.overlap.norb, -1))
-    h_ref = torch.as_tensor(ref.hamiltonian.bloch(kpts).reshape(len(kpts), ref.hamiltonian.norb, -1))
-    with torch.no_grad():
-        e_ref = generalized_eigvalsh(h_ref, s_k)[:, ref.skip: ref.n_bands]
-    h_k = bloch_blocks(onsite, bonds, bond_i, bond_j, bond_shift, k, ref.orbitals)
-    e = generalized_eigvalsh(h_k, s_k)[:, ref.skip: ref.n_bands]
-    return (e - e_ref).abs()
+    return band_terms(ref, onsite, bonds, bond_i, bond_j, bond_shift, kpts)[0]
 
 
-def batch_band_mae(refs: Sequence[BandReference], outputs, batch, nk: int,
-                   rng: Optional[np.random.Generator]) -> Tensor:
-    """Mean |band error| (eV) over the frames of a (collated) batch.
+def batch_band_terms(refs: Sequence[BandReference], outputs, batch, nk: int,
+                     rng: Optional[np.random.Generator], mixing: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
+    """(mean |band error| (eV), mean |coupling| of the DFT states (eV) or None) over the frames
+    of a (collated) batch (see :func:`band_terms`).
 
     ``batch`` carries ``n_atoms`` and ``n_bonds`` per frame (frames are consecutive in the
     collated tensors); ``rng`` draws the k-points (None: a fixed seed, for validation).
@@ -123,11 +153,25 @@ def batch_band_mae(refs: Sequence[BandReference], outputs, batch, nk: int,
     rng = rng if rng is not None else np.random.default_rng(12345)
     onsite, bonds = outputs["hamiltonian_onsite"], outputs["hamiltonian_bond"]
     errs: List[Tensor] = []
+    mixes: List[Tensor] = []
     a0 = b0 = 0
     for ref, na, nb in zip(refs, batch.n_atoms, batch.n_bonds):
         k = random_kpoints(nk, ref.periodic, rng)
-        errs.append(band_errors(ref, onsite[a0:a0 + na], bonds[b0:b0 + nb], batch.bond_i[b0:b0 + nb] - a0,
-                                batch.bond_j[b0:b0 + nb] - a0, batch.bond_shift[b0:b0 + nb], k).reshape(-1))
+        err, mix = band_terms(ref, onsite[a0:a0 + na], bonds[b0:b0 + nb], batch.bond_i[b0:b0 + nb] - a0,
+                              batch.bond_j[b0:b0 + nb] - a0, batch.bond_shift[b0:b0 + nb], k, mixing)
+        errs.append(err.reshape(-1))
+        if mix is not None:
+            mixes.append(mix)
         a0 += na
         b0 += nb
-    return torch.cat(errs).mean()
+    band = torch.cat(errs).mean()
+    if not mixing:
+        return band, None
+    mix_all = torch.cat(mixes) if mixes else band.new_zeros(0)
+    return band, (mix_all.mean() if mix_all.numel() else band.new_zeros(()))
+
+
+def batch_band_mae(refs: Sequence[BandReference], outputs, batch, nk: int,
+                   rng: Optional[np.random.Generator]) -> Tensor:
+    """Mean |band error| (eV) over the frames of a (collated) batch (:func:`batch_band_terms`)."""
+    return batch_band_terms(refs, outputs, batch, nk, rng)[0]

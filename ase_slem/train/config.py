@@ -133,6 +133,10 @@ class TrainConfig:
         hamiltonian in data.operators.
     band_skip: the lowest band_skip levels are left out of the band term (core levels of
         all-electron bases: 1 for water, 3 for ethanol in def2-svp).
+    band_mixing_weight: weight of the coupling term (loss += band_mixing_weight * mean
+        |<psi_a|H_pred(k)|psi_b>| in eV over the DFT Bloch states a < b of the compared bands,
+        at the band term's k-points; 0 = off): the band term checks the energies of the DFT
+        states, this one that the predicted H does not mix them.  Needs band_weight > 0.
     init_from: start from the (EMA) weights and normalization of this checkpoint (fine-tuning,
         e.g. with the band term on); a new run with its own schedule and optimizer.  The model
         section must equal the checkpoint's.
@@ -165,6 +169,7 @@ class TrainConfig:
     band_kpoints: int = 4
     band_extra: int = 4
     band_skip: int = 0
+    band_mixing_weight: float = 0.0
     init_from: Optional[str] = None
 
 
@@ -441,6 +446,10 @@ def validate(cfg: Config) -> list[str]:
         p.append("train.band_weight > 0 needs hamiltonian in data.operators")
     if t.band_kpoints < 1 or t.band_extra < 0:
         p.append(f"train.band_kpoints must be >= 1 and train.band_extra >= 0, got {t.band_kpoints}, {t.band_extra}")
+    if t.band_mixing_weight < 0:
+        p.append(f"train.band_mixing_weight must be >= 0 (0 = off), got {t.band_mixing_weight}")
+    if t.band_mixing_weight > 0 and t.band_weight <= 0:
+        p.append("train.band_mixing_weight > 0 needs the band term on (train.band_weight > 0)")
     if t.band_skip < 0:
         p.append(f"train.band_skip must be >= 0 (the lowest bands left out), got {t.band_skip}")
     if t.num_threads is not None and t.num_threads < 1:

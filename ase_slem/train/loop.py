@@ -39,7 +39,7 @@ from .config import RESUMABLE_CHANGES, Config, ConfigError, config_differences, 
 from .data import (OperatorNormalizer, Sample, TrainingDataError, average_neighbors, check_basis_matches,
                    check_frames, collate, dataset_basis, make_sample, normalized_loss_terms,
                    onsite_overlap_means, padded_orbital_mask, split_indices)
-from .band_loss import band_reference, batch_band_mae
+from .band_loss import band_reference, batch_band_terms
 from .metrics import MAEAccumulator, UNITS, block_type_names, format_metrics
 
 
@@ -187,8 +187,11 @@ def _loss(model_out, batch: Sample, normalizers, weights: Dict[str, float], t,
         total = total + weights.get(op, 1.0) * term
     band = None
     if t.band_weight > 0 and batch.band_refs:
-        band = batch_band_mae(batch.band_refs, model_out, batch, t.band_kpoints, rng)
+        band, mixing = batch_band_terms(batch.band_refs, model_out, batch, t.band_kpoints, rng,
+                                        t.band_mixing_weight > 0)
         total = total + t.band_weight * band
+        if mixing is not None:
+            total = total + t.band_mixing_weight * mixing
     return total, parts, band
 
 
