@@ -177,3 +177,30 @@ def test_indices_compute_only_those_frames_under_their_own_numbers(tmp_path):
     assert rep.written == [0] and rep.skipped == [2]
     with pytest.raises(SettingsError, match="outside the 3 structures"):
         generate_dataset(structures, WATER, out, progress=False, indices=[3])
+
+
+def test_a_crystal_whose_gap_closed_is_not_retried(monkeypatch):
+    """An unconverged periodic SCF with the HOMO-LUMO gap closed on the mesh fails at once with
+    a message that says so; with a gap, damping and a level shift are tried in turn."""
+    import ase_slem.io.generate as gen
+    import ase_slem.io.pyscf as ps
+
+    calls = []
+
+    def fake(gap):
+        def run(atoms, *args, **kwargs):
+            calls.append(kwargs.get("scf_options"))
+            return type("F", (), {"results": {"converged": False, "gap": gap}, "settings": {}})()
+        return run
+
+    settings = gen.load_settings({
+        "kind": "periodic", "xc": "pbe", "basis": "gth-szv", "pseudo": "gth-pbe", "kmesh": [1, 1, 1]})
+    monkeypatch.setattr(ps, "periodic_operators", fake(0.0))
+    with pytest.raises(RuntimeError, match="gap closed on the k-mesh"):
+        gen.run_frame(bulk("Si"), settings)
+    assert len(calls) == 1
+    calls.clear()
+    monkeypatch.setattr(ps, "periodic_operators", fake(0.3))
+    with pytest.raises(RuntimeError, match="tried plain, damped"):
+        gen.run_frame(bulk("Si"), settings)
+    assert len(calls) == len(gen._scf_attempts())

@@ -167,6 +167,9 @@ def _meshes(atoms: Atoms, s: GenerationSettings):
     return kmesh, dense
 
 
+CLOSED_GAP_EV = 0.01  # eV: an unconverged crystal with a smaller HOMO-LUMO gap is not retried
+
+
 def _scf_attempts():
     """(label, damping, level shift) tried in turn when the SCF does not converge."""
     return [("plain", 0.0, 0.0), ("damped", 0.5, 0.2), ("damped+shift", 0.7, 0.5)]
@@ -197,6 +200,13 @@ def run_frame(atoms: Atoms, settings: GenerationSettings):
             frame.settings["scf_attempt"] = label
             return frame
         last = label
+        gap = frame.results.get("gap")
+        if settings.kind == "periodic" and gap is not None and gap < CLOSED_GAP_EV:
+            # states at the Fermi level swap between k-points from cycle to cycle: fixed (insulator)
+            # occupations cannot converge, and neither damping nor a level shift has rescued such a frame
+            raise RuntimeError(f"SCF did not converge ({label}): the gap closed on the k-mesh "
+                               f"(HOMO-LUMO {gap * 1000:.1f} meV < {CLOSED_GAP_EV * 1000:.0f} meV), which the "
+                               "insulator occupations of these settings cannot describe; structure left out")
     raise RuntimeError(f"SCF did not converge (tried {', '.join(a[0] for a in _scf_attempts())}; last {last})")
 
 
