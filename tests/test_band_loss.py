@@ -36,6 +36,24 @@ def sample_of(frame, r=3.0):
     return s
 
 
+def assert_gradient_matches_differences(f, on, bd, seed: int) -> None:
+    """At randomly perturbed blocks, the autograd directional derivative of the scalar f(onsite,
+    bonds) equals central differences (and f is not trivially zero there)."""
+    g = torch.Generator().manual_seed(seed)
+    on_p = (on + 0.05 * torch.randn(on.shape, generator=g, dtype=on.dtype)).requires_grad_(True)
+    bd_p = (bd + 0.05 * torch.randn(bd.shape, generator=g, dtype=bd.dtype)).requires_grad_(True)
+    val = f(on_p, bd_p)
+    assert float(val.detach()) > 1e-3
+    val.backward()
+    d_on = torch.randn(on.shape, generator=g, dtype=on.dtype)
+    d_bd = torch.randn(bd.shape, generator=g, dtype=bd.dtype)
+    analytic = float((on_p.grad * d_on).sum() + (bd_p.grad * d_bd).sum())
+    h = 1e-6
+    with torch.no_grad():
+        numeric = float(f(on_p + h * d_on, bd_p + h * d_bd) - f(on_p - h * d_on, bd_p - h * d_bd)) / (2 * h)
+    assert abs(analytic - numeric) < 1e-5 * max(1.0, abs(numeric))
+
+
 def test_bloch_of_padded_blocks_equals_the_operator_bloch_sum(frames):
     fr = frames[0]
     s = sample_of(fr)
@@ -69,20 +87,8 @@ def test_exact_blocks_have_no_band_error_and_the_gradient_is_right(frames):
     err = band_errors(ref, on, bd, s.bond_i, s.bond_j, s.bond_shift, k)
     assert float(err.max()) < 1e-9
     # perturbed blocks: autograd directional derivative against central differences
-    g = torch.Generator().manual_seed(0)
-    on_p = (on + 0.05 * torch.randn(on.shape, generator=g, dtype=on.dtype)).requires_grad_(True)
-    bd_p = (bd + 0.05 * torch.randn(bd.shape, generator=g, dtype=bd.dtype)).requires_grad_(True)
     f = lambda a, b: band_errors(ref, a, b, s.bond_i, s.bond_j, s.bond_shift, k).mean()  # noqa: E731
-    val = f(on_p, bd_p)
-    assert float(val.detach()) > 1e-3
-    val.backward()
-    d_on = torch.randn(on.shape, generator=g, dtype=on.dtype)
-    d_bd = torch.randn(bd.shape, generator=g, dtype=bd.dtype)
-    analytic = float((on_p.grad * d_on).sum() + (bd_p.grad * d_bd).sum())
-    h = 1e-6
-    with torch.no_grad():
-        numeric = float(f(on_p + h * d_on, bd_p + h * d_bd) - f(on_p - h * d_on, bd_p - h * d_bd)) / (2 * h)
-    assert abs(analytic - numeric) < 1e-5 * max(1.0, abs(numeric))
+    assert_gradient_matches_differences(f, on, bd, seed=0)
 
 
 def test_a_frame_without_electron_count_is_named(frames, tmp_path):
@@ -210,21 +216,9 @@ def test_coupling_term_sees_mixing_of_the_dft_states(frames):
         assert small == pytest.approx(big / 4, rel=0.02)
 
     # gradient of the coupling term against central differences
-    g = torch.Generator().manual_seed(1)
     kk = np.random.default_rng(2).uniform(-0.5, 0.5, (2, 3))
-    on_p = (on + 0.05 * torch.randn(on.shape, generator=g, dtype=on.dtype)).requires_grad_(True)
-    bd_p = (bd + 0.05 * torch.randn(bd.shape, generator=g, dtype=bd.dtype)).requires_grad_(True)
     f = lambda x, y: band_terms(ref, x, y, s.bond_i, s.bond_j, s.bond_shift, kk, mixing=True)[1].mean()  # noqa: E731
-    val = f(on_p, bd_p)
-    assert float(val.detach()) > 1e-3
-    val.backward()
-    d_on = torch.randn(on.shape, generator=g, dtype=on.dtype)
-    d_bd = torch.randn(bd.shape, generator=g, dtype=bd.dtype)
-    analytic = float((on_p.grad * d_on).sum() + (bd_p.grad * d_bd).sum())
-    h = 1e-6
-    with torch.no_grad():
-        numeric = float(f(on_p + h * d_on, bd_p + h * d_bd) - f(on_p - h * d_on, bd_p - h * d_bd)) / (2 * h)
-    assert abs(analytic - numeric) < 1e-5 * max(1.0, abs(numeric))
+    assert_gradient_matches_differences(f, on, bd, seed=1)
 
 
 def test_training_with_the_coupling_term_and_its_config_errors(frames, tmp_path):
