@@ -18,6 +18,8 @@ choose others.  Reported, against the DFT operators of those frames:
   (over the compared k), as band plots show them: the energy zero of a periodic Kohn-Sham
   Hamiltonian is a convention (the cell-averaged electrostatic potential is set to zero), and
   ``mean signed`` reports how much of the absolute error is a rigid shift of a cell's bands;
+  and the couplings |<psi_a|H_pred(k)|psi_b>| between the DFT states of the compared bands
+  (the mixing of the states that the band energies see only at second order);
 * molecules: orbital energies HOMO-4 .. LUMO+2 and all occupied ones;
 * electrons: Tr(D_pred S_pred) against the DFT electron count.
 
@@ -62,6 +64,23 @@ def block_mae(model, frames, names):
     return acc.result()
 
 
+def state_couplings(h_ref, s_ref, h_pred, kpts, nb: int, degenerate: float = 1e-3) -> np.ndarray:
+    """|<psi_a|H_pred(k)|psi_b>| (eV) between the DFT Bloch states a < b of the lowest ``nb`` bands
+    (S-normalized eigenvectors of the DFT H(k), S(k)) whose energies differ by more than
+    ``degenerate`` eV, flat: zero when the predicted H does not mix the DFT states (the band
+    energies see that mixing only at second order; cf. ``train.band_mixing_weight``)."""
+    import scipy.linalg as sl
+
+    hr, sr, hp = h_ref.bloch(kpts), s_ref.bloch(kpts), h_pred.bloch(kpts)
+    out = []
+    upper = np.triu(np.ones((nb, nb), dtype=bool), k=1)
+    for a, b, c in zip(hr, sr, hp):
+        e, v = sl.eigh(a, b, subset_by_index=[0, nb - 1])
+        m = np.abs(v.conj().T @ c @ v)
+        out.append(m[upper & (np.abs(e[:, None] - e[None, :]) > degenerate)])
+    return np.concatenate(out)
+
+
 def band_errors(model_path, frames, n_extra: int = 4, npath: int = 80, nrandom: int = 20, seed: int = 0):
     from ase_slem import SLEMCalculator, band_energies
     from ase_slem.bands import band_path
@@ -72,7 +91,7 @@ def band_errors(model_path, frames, n_extra: int = 4, npath: int = 80, nrandom: 
     calc_x = SLEMCalculator(str(model_path), overlap="exact")
     rng = np.random.default_rng(seed)
     err, err_x, err_cut, bad_s, n_k = [], [], [], [], []
-    err_vbm, err_cut_vbm, shifts = [], [], []
+    err_vbm, err_cut_vbm, shifts, couplings = [], [], [], []
     for fr in frames:
         atoms = fr.atoms
         nval = int(round(fr.results.get("nelectron") or calc.get_number_of_electrons(atoms))) // 2
@@ -81,6 +100,7 @@ def band_errors(model_path, frames, n_extra: int = 4, npath: int = 80, nrandom: 
         H, S = fr.operators["hamiltonian"], fr.operators["overlap"]
         ref = band_energies(H, S, k)[:, :nb]
         pred_x = band_energies(calc_x.get_hamiltonian(atoms), calc_x.get_overlap(atoms), k)[:, :nb]
+        couplings.append(state_couplings(H, S, calc_x.get_hamiltonian(atoms), k, nb))
         s_pred = calc.get_overlap(atoms)
         lam = np.linalg.eigvalsh(s_pred.bloch(k))[:, 0]
         bad_s.append(int(np.sum(lam <= 0)))
@@ -104,6 +124,9 @@ def band_errors(model_path, frames, n_extra: int = 4, npath: int = 80, nrandom: 
     for name, e in (("predicted H, exact S, relative to the VBM", err_vbm),
                     (f"DFT H, S cut at {r_bond:g} Å, relative to the VBM", err_cut_vbm)):
         out[name] = {"mae_meV": 1000 * float(np.mean(np.concatenate(e))), "max_meV": 1000 * float(np.max(np.concatenate(e)))}
+    out["couplings of the DFT states by the predicted H"] = {
+        "mae_meV": 1000 * float(np.mean(np.concatenate(couplings))),
+        "max_meV": 1000 * float(np.max(np.concatenate(couplings)))}
     out["predicted H, exact S, relative to the VBM"]["mean signed error per cell (meV)"] = \
         " ".join(f"{1000 * x:+.1f}" for x in shifts)
     return out
