@@ -591,13 +591,15 @@ def cmd_data_pyscf(args) -> None:
         raise CommandError(f"{args.structures}: ase cannot read it ({type(err).__name__}: {err})") from None
     try:
         report = generate_dataset(structures, settings, args.out, workers=args.workers,
-                                  threads_per_worker=args.threads, progress=not args.no_progress)
+                                  threads_per_worker=args.threads, progress=not args.no_progress,
+                                  retry_failed=args.retry_failed)
     except SettingsError as err:
         raise CommandError(str(err)) from None
     except KeyboardInterrupt:
         raise CommandError("interrupted; finished frames are kept: run the same command again to continue") from None
     print(f"{args.out}: {len(report.written)} frames written, {len(report.skipped)} already there, "
-          f"{len(report.failed)} failed (see failed.jsonl), {report.seconds:.0f} s")
+          f"{len(report.failed)} failed (see failed.jsonl), {len(report.left_out)} left out (failed before), "
+          f"{report.seconds:.0f} s")
     if report.failed:
         raise CommandError(f"{len(report.failed)} frame(s) failed: {', '.join(map(str, report.failed[:10]))}")
 
@@ -746,6 +748,9 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--workers", type=int, default=1, help="frames computed in parallel processes (default 1)")
     dp.add_argument("--threads", type=int, help="threads per process (default: cores / workers)")
     dp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    dp.add_argument("--retry-failed", action="store_true",
+                    help="compute again the structures failed.jsonl records (left out by default: an SCF that did "
+                         "not converge does not converge on a rerun)")
     dp.set_defaults(func=cmd_data_pyscf)
     return p
 

@@ -34,7 +34,6 @@ from ase import Atoms
 from ase.build import bulk, molecule
 from ase.io import read, write
 
-from ase_slem.io.dataset import frame_name
 from ase_slem.io.generate import generate_dataset, load_settings
 from ase_slem.io.sampling import (einstein_displacements, harmonic_modes, normal_mode_displacements,
                                   random_rotation, random_strain)
@@ -133,16 +132,8 @@ def make(name: str, out_root: Path, n_frames: int | None, workers: int, threads:
         if unknown:
             raise SystemExit(f"{name}: no structures of kind {unknown}; its kinds are {have}")
         indices = [k for k, a in enumerate(structures) if a.info.get("kind") in kinds]
-    failed_log = folder / "failed.jsonl"
-    if not retry_failed and failed_log.is_file():  # an SCF that did not converge will not converge on a rerun
-        failed = {json.loads(line)["index"] for line in failed_log.read_text().splitlines() if line.strip()}
-        failed -= {k for k in failed if (folder / frame_name(k)).is_dir()}
-        if failed:
-            print(f"{name}: leaving out {len(failed)} structure(s) that failed before ({failed_log}; "
-                  f"--retry-failed tries them again)", flush=True)
-            indices = [k for k in (indices if indices is not None else range(len(structures))) if k not in failed]
     report = generate_dataset(structures, settings, folder, workers=workers, threads_per_worker=threads,
-                              indices=indices)
+                              indices=indices, retry_failed=retry_failed)
     print(f"{name}: {len(report.written)} frames written, {len(report.skipped)} already there, "
           f"{len(report.failed)} failed, {report.seconds:.0f} s -> {folder}", flush=True)
 

@@ -147,6 +147,11 @@ def test_a_frame_that_fails_is_recorded_and_not_written(tmp_path):
     assert not (tmp_path / "d" / "frame.000001").exists()
     rec = json.loads((tmp_path / "d" / "failed.jsonl").read_text().splitlines()[0])
     assert rec["index"] == 1 and ("spin" in rec["error"].lower() or "closed" in rec["error"].lower())
+    # a rerun leaves the failed structure out; retry_failed computes it again (and it fails again)
+    rep = generate_dataset([good, odd], WATER, tmp_path / "d", progress=False, log=lambda m: None)
+    assert rep.skipped == [0] and rep.left_out == [1] and rep.failed == [] and rep.written == []
+    rep = generate_dataset([good, odd], WATER, tmp_path / "d", progress=False, log=lambda m: None, retry_failed=True)
+    assert rep.left_out == [] and rep.failed == [1]
 
 
 def test_cli_data_pyscf(tmp_path, capsys):

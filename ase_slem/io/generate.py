@@ -9,7 +9,8 @@ index, whatever order the workers finish in).  Frames already on disk are skippe
 is written atomically (:func:`ase_slem.io.dataset.write_frame`), so an interrupted run is
 continued by running the same command again.  An SCF that does not converge is retried with
 damping and a level shift; a frame that still fails is never written but recorded, with the
-reason, in ``DATASET/failed.jsonl`` and the log.  ``DATASET/generation.jsonl`` keeps one line
+reason, in ``DATASET/failed.jsonl`` and the log; later runs leave it out (``retry_failed=True``
+computes it again).  ``DATASET/generation.jsonl`` keeps one line
 per finished frame (wall time per stage, energy, gap, worker pid).
 
 Settings (YAML/TOML or a dict)::
@@ -238,23 +239,27 @@ def _append_jsonl(path: Path, record: dict) -> None:
 
 @dataclass
 class GenerationReport:
-    """What :func:`generate_dataset` did: frame indices written, skipped and failed, wall time."""
+    """What :func:`generate_dataset` did: frame indices written, skipped, failed and left out
+    (failed before), wall time."""
 
     written: list
     skipped: list
     failed: list
     seconds: float
+    left_out: list = field(default_factory=list)  # failed in an earlier run, not retried
 
 
 def generate_dataset(structures: Sequence[Atoms], settings: GenerationSettings | dict | str, out: str | os.PathLike,
                      *, workers: int = 1, threads_per_worker: Optional[int] = None, progress: bool = True,
-                     log=print, indices: Optional[Sequence[int]] = None) -> GenerationReport:
+                     log=print, indices: Optional[Sequence[int]] = None,
+                     retry_failed: bool = False) -> GenerationReport:
     """Compute a frame for every structure not yet in ``out`` (see the module docstring).
 
     ``workers`` processes run frames in parallel, each with ``threads_per_worker`` BLAS/OpenMP
     threads (default: the cores divided among the workers).  ``indices`` restricts the work to
     those structures (frame ``n`` is still ``frame.n`` of the full list, so a later run can fill
-    in the others).
+    in the others).  Structures ``failed.jsonl`` records are left out (an SCF that did not
+    converge does not converge on a rerun) unless ``retry_failed``.
     """
     from tqdm.auto import tqdm
 
@@ -283,7 +288,16 @@ def generate_dataset(structures: Sequence[Atoms], settings: GenerationSettings |
         wanted = sorted({int(n) for n in indices})
     done = [n for n in wanted if (out / frame_name(n)).is_dir()]
     done_set = set(done)
-    todo = [n for n in wanted if n not in done_set]
+    left_out = []
+    failed_log = out / "failed.jsonl"
+    if not retry_failed and failed_log.is_file():
+        before = {json.loads(line)["index"] for line in failed_log.read_text().splitlines() if line.strip()}
+        left_out = [n for n in wanted if n in before and n not in done_set]
+        if left_out:
+            log(f"leaving out {len(left_out)} structure(s) that failed before ({failed_log}; retry them with "
+                "retry_failed=True / --retry-failed)")
+    skip = done_set | set(left_out)
+    todo = [n for n in wanted if n not in skip]
     if done:
         log(f"{len(done)} of the {len(wanted)} frames asked for already in {out}; computing the other {len(todo)}")
     threads = threads_per_worker or max(1, (os.cpu_count() or 1) // max(1, workers))
@@ -311,4 +325,4 @@ def generate_dataset(structures: Sequence[Atoms], settings: GenerationSettings |
             for fut in as_completed(futures):
                 record(fut.result())
     bar.close()
-    return GenerationReport(sorted(written), done, sorted(failed), time.perf_counter() - t0)
+    return GenerationReport(sorted(written), done, sorted(failed), time.perf_counter() - t0, left_out)

@@ -121,8 +121,13 @@ def band_terms(ref: BandReference, onsite: Tensor, bonds: Tensor, bond_i: Tensor
     chol = torch.linalg.cholesky(s_k)
     sel = slice(ref.skip, ref.n_bands)
     with torch.no_grad():
-        e_ref, vec_ref = torch.linalg.eigh(_orthogonalized(h_ref, chol))
-        e_ref, vec_ref = e_ref[:, sel], vec_ref[:, :, sel]
+        a_ref = _orthogonalized(h_ref, chol)
+        if mixing:
+            e_ref, vec_ref = torch.linalg.eigh(a_ref)
+            vec_ref = vec_ref[:, :, sel]
+        else:
+            e_ref = torch.linalg.eigvalsh(a_ref)
+        e_ref = e_ref[:, sel]
     a = _orthogonalized(bloch_blocks(onsite, bonds, bond_i, bond_j, bond_shift, k, ref.orbitals), chol)
     err = (torch.linalg.eigvalsh(a)[:, sel] - e_ref).abs()
     if not mixing:
