@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from ase_slem.train.band_loss import band_errors, band_reference, band_terms, bloch_blocks, generalized_eigvalsh
+from ase_slem.train.band_loss import (band_errors, band_reference, band_terms, bloch_blocks, generalized_eigvalsh,
+                                     random_kpoints)
 from ase_slem.train.config import ConfigError, config_from_dict
 from ase_slem.train.data import make_sample
 from ase_slem.train.loop import train
@@ -234,3 +235,16 @@ def test_training_with_the_coupling_term_and_its_config_errors(frames, tmp_path)
         config_from_dict(tiny_config(tmp_path / "bad", train={"band_mixing_weight": 1.0}))
     with pytest.raises(ConfigError, match="band_mixing_weight must be >= 0"):
         config_from_dict(tiny_config(tmp_path / "bad", train={"band_weight": 1.0, "band_mixing_weight": -1.0}))
+
+
+def test_band_gamma_puts_gamma_among_the_kpoints_and_reaches_the_loss(frames, tmp_path):
+    plain = random_kpoints(4, True, np.random.default_rng(7))
+    with_gamma = random_kpoints(4, True, np.random.default_rng(7), gamma=True)
+    assert np.all(with_gamma[0] == 0.0) and np.all(plain[0] != 0.0)
+    assert np.array_equal(with_gamma[1:], plain[1:])
+    assert np.array_equal(random_kpoints(4, False, np.random.default_rng(7), gamma=True), np.zeros((1, 3)))
+    # wired through the config: the same first step sees different band errors
+    over = {"steps": 1, "lr": 0.01, "eval_every": 1, "band_weight": 1.0, "band_kpoints": 1}
+    losses = [float(rows(train(config_from_dict(tiny_config(tmp_path / str(g), train=dict(over, band_gamma=g))),
+                               frames=frames, log=quiet).metrics_csv, "train")[0]["loss"]) for g in (False, True)]
+    assert abs(losses[0] - losses[1]) > 1e-6 * abs(losses[0])

@@ -95,11 +95,15 @@ def generalized_eigvalsh(h: Tensor, s: Tensor) -> Tensor:
     return torch.linalg.eigvalsh(_orthogonalized(h, torch.linalg.cholesky(s)))
 
 
-def random_kpoints(n: int, periodic: bool, rng: np.random.Generator) -> np.ndarray:
-    """``n`` uniform fractional k-points (periodic) or Gamma (molecules), shape (n or 1, 3)."""
+def random_kpoints(n: int, periodic: bool, rng: np.random.Generator, gamma: bool = False) -> np.ndarray:
+    """``n`` uniform fractional k-points (periodic) or Gamma (molecules), shape (n or 1, 3).
+    With ``gamma``, the first of the ``n`` is Gamma (the same random numbers are drawn)."""
     if not periodic:
         return np.zeros((1, 3))
-    return rng.uniform(-0.5, 0.5, (n, 3))
+    k = rng.uniform(-0.5, 0.5, (n, 3))
+    if gamma:
+        k[0] = 0.0
+    return k
 
 
 def band_terms(ref: BandReference, onsite: Tensor, bonds: Tensor, bond_i: Tensor, bond_j: Tensor,
@@ -148,12 +152,14 @@ def band_errors(ref: BandReference, onsite: Tensor, bonds: Tensor, bond_i: Tenso
 
 
 def batch_band_terms(refs: Sequence[BandReference], outputs, batch, nk: int,
-                     rng: Optional[np.random.Generator], mixing: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
+                     rng: Optional[np.random.Generator], mixing: bool = False,
+                     gamma: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
     """(mean |band error| (eV), mean |coupling| of the DFT states (eV) or None) over the frames
     of a (collated) batch (see :func:`band_terms`).
 
     ``batch`` carries ``n_atoms`` and ``n_bonds`` per frame (frames are consecutive in the
-    collated tensors); ``rng`` draws the k-points (None: a fixed seed, for validation).
+    collated tensors); ``rng`` draws the k-points (None: a fixed seed, for validation);
+    ``gamma`` makes Gamma one of each periodic frame's ``nk`` k-points.
     """
     rng = rng if rng is not None else np.random.default_rng(12345)
     onsite, bonds = outputs["hamiltonian_onsite"], outputs["hamiltonian_bond"]
@@ -161,7 +167,7 @@ def batch_band_terms(refs: Sequence[BandReference], outputs, batch, nk: int,
     mixes: List[Tensor] = []
     a0 = b0 = 0
     for ref, na, nb in zip(refs, batch.n_atoms, batch.n_bonds):
-        k = random_kpoints(nk, ref.periodic, rng)
+        k = random_kpoints(nk, ref.periodic, rng, gamma)
         err, mix = band_terms(ref, onsite[a0:a0 + na], bonds[b0:b0 + nb], batch.bond_i[b0:b0 + nb] - a0,
                               batch.bond_j[b0:b0 + nb] - a0, batch.bond_shift[b0:b0 + nb], k, mixing)
         errs.append(err.reshape(-1))
@@ -175,8 +181,3 @@ def batch_band_terms(refs: Sequence[BandReference], outputs, batch, nk: int,
     mix_all = torch.cat(mixes) if mixes else band.new_zeros(0)
     return band, (mix_all.mean() if mix_all.numel() else band.new_zeros(()))
 
-
-def batch_band_mae(refs: Sequence[BandReference], outputs, batch, nk: int,
-                   rng: Optional[np.random.Generator]) -> Tensor:
-    """Mean |band error| (eV) over the frames of a (collated) batch (:func:`batch_band_terms`)."""
-    return batch_band_terms(refs, outputs, batch, nk, rng)[0]

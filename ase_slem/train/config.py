@@ -137,6 +137,8 @@ class TrainConfig:
         |<psi_a|H_pred(k)|psi_b>| in eV over the DFT Bloch states a < b of the compared bands,
         at the band term's k-points; 0 = off): the band term checks the energies of the DFT
         states, this one that the predicted H does not mix them.  Needs band_weight > 0.
+    band_gamma: make Gamma one of the band_kpoints k-points of every periodic frame (where
+        silicon's valence-band maximum sits, which uniform random k almost never hit).
     init_from: start from the (EMA) weights and normalization of this checkpoint (fine-tuning,
         e.g. with the band term on); a new run with its own schedule and optimizer.  The model
         section must equal the checkpoint's.
@@ -170,6 +172,7 @@ class TrainConfig:
     band_extra: int = 4
     band_skip: int = 0
     band_mixing_weight: float = 0.0
+    band_gamma: bool = False
     init_from: Optional[str] = None
 
 

@@ -188,7 +188,7 @@ def _loss(model_out, batch: Sample, normalizers, weights: Dict[str, float], t,
     band = None
     if t.band_weight > 0 and batch.band_refs:
         band, mixing = batch_band_terms(batch.band_refs, model_out, batch, t.band_kpoints, rng,
-                                        t.band_mixing_weight > 0)
+                                        t.band_mixing_weight > 0, t.band_gamma)
         total = total + t.band_weight * band
         if mixing is not None:
             total = total + t.band_mixing_weight * mixing
