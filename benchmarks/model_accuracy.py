@@ -99,13 +99,13 @@ def band_errors(model_path, frames, n_extra: int = 4, npath: int = 80, nrandom: 
         k = np.concatenate([band_path(atoms, npoints=npath).kpts, rng.uniform(-0.5, 0.5, (nrandom, 3))])
         H, S = fr.operators["hamiltonian"], fr.operators["overlap"]
         ref = band_energies(H, S, k)[:, :nb]
-        pred_x = band_energies(calc_x.get_hamiltonian(atoms), calc_x.get_overlap(atoms), k)[:, :nb]
-        couplings.append(state_couplings(H, S, calc_x.get_hamiltonian(atoms), k, nb))
+        h_pred = calc_x.get_hamiltonian(atoms)  # the same H with either overlap
+        pred_x = band_energies(h_pred, calc_x.get_overlap(atoms), k)[:, :nb]
+        couplings.append(state_couplings(H, S, h_pred, k, nb))
         s_pred = calc.get_overlap(atoms)
         lam = np.linalg.eigvalsh(s_pred.bloch(k))[:, 0]
         bad_s.append(int(np.sum(lam <= 0)))
         n_k.append(len(k))
-        h_pred = calc.get_hamiltonian(atoms)
         pred = np.full_like(pred_x, np.nan)  # k-points where the predicted S(k) is not positive definite stay NaN
         good = lam > 0
         if good.any():
