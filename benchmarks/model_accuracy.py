@@ -179,7 +179,8 @@ def evaluate(model_path: str, data: str, split: str = "test", frames: list | Non
     t0 = time.perf_counter()
     fr = [read_frame(Path(data) / n) for n in names]
     model = load_model(model_path)
-    res = {"model": str(model_path), "frames": names, "split": split, "blocks": block_mae(model, fr, names)}
+    res = {"model": str(model_path), "frames": names, "split": "chosen by --frames" if frames else split,
+           "blocks": block_mae(model, fr, names)}
     if meta.get("periodic"):
         res["bands"] = band_errors(model_path, fr)
     else:
@@ -190,7 +191,7 @@ def evaluate(model_path: str, data: str, split: str = "test", frames: list | Non
 
 
 def markdown(res: dict) -> str:
-    lines = [f"Held-out frames ({res['split']}): {len(res['frames'])}", "", "| quantity | MAE | unit |", "|---|---|---|"]
+    lines = [f"Frames ({res['split']}): {len(res['frames'])}", "", "| quantity | MAE | unit |", "|---|---|---|"]
     for op, d in res["blocks"].items():
         for k, v in d.items():
             if k != "unit":
