@@ -143,11 +143,14 @@ def test_config_differences_lists_changed_keys(tmp_path):
 @pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "configs").glob("*.yaml")))
 def test_shipped_configs_are_valid(name):
     cfg = load_config(REPO / "configs" / f"{name}.yaml")
-    assert name.startswith(cfg.name)  # the later stages (si_pbe_dzvp_bands, ...) make the same model
-    if name != cfg.name:  # a later stage starts from an earlier stage's checkpoint
-        assert cfg.train.init_from
+    assert name.startswith(cfg.name)  # the later stages and variants (si_pbe_dzvp_bands, ...) make the same model
     assert set(cfg.data.operators) == {"hamiltonian", "overlap", "density_matrix"}
     assert cfg.model.r_cut > 0 and cfg.train.steps > 0
+    others = {load_config(p).output: p.stem for p in (REPO / "configs").glob("*.yaml") if p.stem != name}
+    assert cfg.output not in others, f"{name} would overwrite the run of {others.get(cfg.output)}"
+    if cfg.train.init_from:  # a later stage starts from another config's run or a shipped model file
+        start = cfg.train.init_from
+        assert start.startswith("models/") or any(start.startswith(out + "/") for out in others), start
 
 
 def test_command_line_overrides_change_one_setting_and_are_checked(tmp_path):
