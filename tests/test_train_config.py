@@ -1,6 +1,7 @@
 """Training configs: YAML and TOML read the same, every bad key or value is named."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -140,13 +141,22 @@ def test_config_differences_lists_changed_keys(tmp_path):
     assert config_differences(a, b) == [("model.channels", 2, 4), ("train.steps", 20, 99)]
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "configs").glob("*.yaml")))
+SHIPPED_CONFIGS = sorted(p.stem for p in (REPO / "configs").glob("*.yaml"))
+
+
+@functools.lru_cache(maxsize=None)
+def _run_folders() -> dict:
+    """{name of each shipped config: its output folder}, read once for all the cases below."""
+    return {name: load_config(REPO / "configs" / f"{name}.yaml").output for name in SHIPPED_CONFIGS}
+
+
+@pytest.mark.parametrize("name", SHIPPED_CONFIGS)
 def test_shipped_configs_are_valid(name):
     cfg = load_config(REPO / "configs" / f"{name}.yaml")
     assert name.startswith(cfg.name)  # the later stages and variants (si_pbe_dzvp_bands, ...) make the same model
     assert set(cfg.data.operators) == {"hamiltonian", "overlap", "density_matrix"}
     assert cfg.model.r_cut > 0 and cfg.train.steps > 0
-    others = {load_config(p).output: p.stem for p in (REPO / "configs").glob("*.yaml") if p.stem != name}
+    others = {out: other for other, out in _run_folders().items() if other != name}
     assert cfg.output not in others, f"{name} would overwrite the run of {others.get(cfg.output)}"
     if cfg.train.init_from:  # a later stage starts from another config's run or a shipped model file
         start = cfg.train.init_from
