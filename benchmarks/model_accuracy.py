@@ -5,10 +5,12 @@
 
 The test frames are the ones the model file records as its test split (``training.split.test``
 in the metadata, the frames training never saw); ``--split val`` or ``--frames frame.000003 ...``
-choose others.  Reported, against the DFT operators of those frames:
+choose others, and ``--split unseen`` the frames of the dataset folder that no split of the model
+names (structures generated after the model was trained: held out from training and from every
+choice made on validation).  Reported, against the DFT operators of those frames:
 
 * MAE of H (meV), S and D per block type, over the blocks the model predicts (onsite and
-  bonds up to r_bond), as during training;
+  bonds up to r_bond), as during training; with frames of several sizes, the H MAE of each size;
 * crystals: band energies of (H_pred, S_pred) against (H_DFT, S_DFT) on the seekpath path
   (80 points) plus 20 random k of each test cell; bands compared: the valence bands and the 4
   lowest conduction bands; also with the exact overlap (``overlap="exact"``) instead of the
@@ -173,7 +175,18 @@ def evaluate(model_path: str, data: str, split: str = "test", frames: list | Non
     from ase_slem.model_file import load_model, read_metadata
 
     meta = read_metadata(model_path)
-    names = frames or meta.get("training", {}).get("split", {}).get(split)
+    recorded = meta.get("training", {}).get("split", {})
+    if frames:
+        names = frames
+    elif split == "unseen":
+        if not recorded:
+            raise SystemExit(f"{model_path} records no split, so no frame is known to be unseen; pass --frames")
+        names = unseen_frames(data, recorded)
+        if not names:
+            raise SystemExit(f"every frame of {data} is in a split of {model_path}; generate more "
+                             "(scripts/make_training_sets.py NAME --frames N) to have unseen ones")
+    else:
+        names = recorded.get(split)
     if not names:
         raise SystemExit(f"{model_path} records no {split!r} split; pass --frames")
     t0 = time.perf_counter()
@@ -181,6 +194,8 @@ def evaluate(model_path: str, data: str, split: str = "test", frames: list | Non
     model = load_model(model_path)
     res = {"model": str(model_path), "frames": names, "split": "chosen by --frames" if frames else split,
            "blocks": block_mae(model, fr, names)}
+    if len({len(f.atoms) for f in fr}) > 1:
+        res["hamiltonian_by_size"] = hamiltonian_mae_by_size(model, fr, names)
     if meta.get("periodic"):
         res["bands"] = band_errors(model_path, fr)
     else:
@@ -190,12 +205,35 @@ def evaluate(model_path: str, data: str, split: str = "test", frames: list | Non
     return res
 
 
+def unseen_frames(data: str | Path, split: dict) -> list[str]:
+    """Frame folders of ``data`` that none of the model's split lists (train, val, test) names."""
+    from ase_slem.io.dataset import frame_paths
+
+    named = {n for v in split.values() if isinstance(v, list) for n in v}
+    return [p.name for p in frame_paths(data) if p.name not in named]
+
+
+def hamiltonian_mae_by_size(model, frames, names) -> dict:
+    """{number of atoms: H MAE over the frames of that size (meV)}, sizes in increasing order."""
+    sizes = sorted({len(f.atoms) for f in frames})
+    out = {}
+    for n in sizes:
+        pick = [i for i, f in enumerate(frames) if len(f.atoms) == n]
+        out[n] = {"frames": len(pick),
+                  "mae_meV": block_mae(model, [frames[i] for i in pick], [names[i] for i in pick])["hamiltonian"]["all"]}
+    return out
+
+
 def markdown(res: dict) -> str:
     lines = [f"Frames ({res['split']}): {len(res['frames'])}", "", "| quantity | MAE | unit |", "|---|---|---|"]
     for op, d in res["blocks"].items():
         for k, v in d.items():
             if k != "unit":
                 lines.append(f"| {op} {k} | {v:.4g} | {d['unit']} |")
+    by_size = res.get("hamiltonian_by_size") or {}
+    if len(by_size) > 1:
+        for n, v in by_size.items():
+            lines.append(f"| hamiltonian all, {n}-atom frames ({v['frames']}) | {v['mae_meV']:.4g} | meV |")
     for k, v in res.get("bands", {}).items():
         note = v.get("k-points with S(k) not positive definite")
         shift = v.get("mean signed error per cell (meV)")
@@ -215,7 +253,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model")
     p.add_argument("--data", required=True, help="the dataset folder the model was trained on")
-    p.add_argument("--split", default="test", choices=["test", "val", "train"])
+    p.add_argument("--split", default="test", choices=["test", "val", "train", "unseen"],
+                   help="recorded split to evaluate (unseen: frames no split names)")
     p.add_argument("--frames", nargs="*", help="frame folder names instead of a recorded split")
     p.add_argument("--json", help="write the numbers here")
     args = p.parse_args(argv)
