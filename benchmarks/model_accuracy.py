@@ -22,7 +22,8 @@ choice made on validation).  Reported, against the DFT operators of those frames
   ``mean signed`` reports how much of the absolute error is a rigid shift of a cell's bands;
   and the couplings |<psi_a|H_pred(k)|psi_b>| between the DFT states of the compared bands
   (the mixing of the states that the band energies see only at second order);
-* molecules: orbital energies HOMO-4 .. LUMO+2 and all occupied ones;
+* molecules: orbital energies HOMO-4 .. LUMO+2 and all occupied ones, the latter split into
+  core levels (DFT energy below -100 eV: O 1s, C 1s) and valence ones, and the MAE of each level;
 * electrons: Tr(D_pred S_pred) against the DFT electron count.
 
 Prints a Markdown table (for the model card) and writes the numbers as JSON with ``--json``.
@@ -137,25 +138,38 @@ def band_errors(model_path, frames, n_extra: int = 4, npath: int = 80, nrandom: 
     return out
 
 
+CORE_LEVEL_EV = -100.0  # DFT levels below this are core levels (O 1s -510 eV, C 1s -270 eV)
+
+
 def orbital_errors(model_path, frames):
     from ase_slem import SLEMCalculator, band_energies
 
-    calc = SLEMCalculator(str(model_path), overlap="model")
-    calc_x = SLEMCalculator(str(model_path), overlap="exact")
-    window, occ, window_x, occ_x = [], [], [], []
+    calcs = {"predicted H, S": SLEMCalculator(str(model_path), overlap="model"),
+             "predicted H, exact S": SLEMCalculator(str(model_path), overlap="exact")}
+    errs = {k: {"window": [], "occupied": [], "core": [], "valence": [], "levels": []} for k in calcs}
     g = np.zeros((1, 3))
     for fr in frames:
         atoms = fr.atoms
         nocc = int(fr.results["nelectron"]) // 2
         ref = band_energies(fr.operators["hamiltonian"], fr.operators["overlap"], g)[0]
-        for c, w, o in ((calc, window, occ), (calc_x, window_x, occ_x)):
+        core = ref[:nocc] < CORE_LEVEL_EV
+        for k, c in calcs.items():
             e = band_energies(c.get_hamiltonian(atoms), c.get_overlap(atoms), g)[0]
             d = np.abs(e - ref)
-            w.append(d[max(nocc - 5, 0): nocc + 3])
-            o.append(d[:nocc])
-    f = lambda x: 1000 * float(np.concatenate(x).mean())  # noqa: E731
-    return {"predicted H, S": {"HOMO-4..LUMO+2 mae_meV": f(window), "occupied mae_meV": f(occ)},
-            "predicted H, exact S": {"HOMO-4..LUMO+2 mae_meV": f(window_x), "occupied mae_meV": f(occ_x)}}
+            errs[k]["window"].append(d[max(nocc - 5, 0): nocc + 3])
+            errs[k]["occupied"].append(d[:nocc])
+            errs[k]["core"].append(d[:nocc][core])
+            errs[k]["valence"].append(d[:nocc][~core])
+            errs[k]["levels"].append(d[: nocc + 3])
+    f = lambda x: 1000 * float(np.concatenate(x).mean()) if np.concatenate(x).size else float("nan")  # noqa: E731
+    out = {}
+    for k, v in errs.items():
+        out[k] = {"HOMO-4..LUMO+2 mae_meV": f(v["window"]), "occupied mae_meV": f(v["occupied"]),
+                  f"occupied core (DFT level below {CORE_LEVEL_EV:g} eV) mae_meV": f(v["core"]),
+                  "occupied valence mae_meV": f(v["valence"])}
+        if len({len(x) for x in v["levels"]}) == 1:  # the same levels in every frame: MAE of each
+            out[k]["per level, lowest first, to LUMO+2 (meV)"] = (1000 * np.mean(v["levels"], axis=0)).round(1).tolist()
+    return out
 
 
 def electron_counts(model, frames):
@@ -243,7 +257,10 @@ def markdown(res: dict) -> str:
                      f"{'; VBM off per cell by ' + vbm if vbm else ''} | meV |")
     for k, v in res.get("orbitals", {}).items():
         for q, x in v.items():
-            lines.append(f"| orbital energies {q.split()[0]}, {k} | {x:.2f} | meV |")
+            if isinstance(x, list):
+                lines.append(f"| orbital energies {q}, {k} | {' '.join(f'{y:.1f}' for y in x)} | meV |")
+            else:
+                lines.append(f"| orbital energies {q.removesuffix(' mae_meV')}, {k} | {x:.2f} | meV |")
     if res.get("electrons"):
         lines.append(f"| Tr(D S) - N_e (largest) | {res['electrons']['max_abs_error']:.3g} | electrons |")
     return "\n".join(lines)
