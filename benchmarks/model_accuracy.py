@@ -46,7 +46,10 @@ def _blocks_within(op, atoms, r: float):
     return op.map_blocks(lambda data, g: data * keep[g.start:g.stop, None, None])
 
 
-def block_mae(model, frames, names):
+def block_mae(model, frames, names, by_size: bool = False):
+    """MAE of every operator per block type over ``frames``; with ``by_size``, also
+    ``{"by size": {number of atoms: {"frames": n, "hamiltonian_meV": H MAE}}}`` from the same
+    predictions (one network pass per frame)."""
     import torch
 
     from ase_slem.train.data import make_sample, padded_orbital_mask
@@ -54,6 +57,7 @@ def block_mae(model, frames, names):
 
     mask = padded_orbital_mask([model.orbital_counts[el] for el in model.symbols], model.max_norb)
     acc = MAEAccumulator(model.symbols, mask)
+    per_size: dict = {}
     for frame, name in zip(frames, names):
         s = make_sample(frame, name, model.symbols, model.max_norb, model.r_graph, model.r_bond,
                         model.operators, model.torch_dtype)
@@ -61,10 +65,17 @@ def block_mae(model, frames, names):
             out = model.module(*s.inputs())
         bi = s.species.index_select(0, s.bond_i)
         bj = s.species.index_select(0, s.bond_j)
-        for op in model.operators:
-            t_on, t_b = s.targets[op]
-            acc.add(op, out[op + "_onsite"], t_on, s.species, out[op + "_bond"], t_b, bi, bj)
-    return acc.result()
+        size = per_size.setdefault(len(frame.atoms), [MAEAccumulator(model.symbols, mask), 0])
+        size[1] += 1
+        for a in ((acc, size[0]) if by_size else (acc,)):
+            for op in model.operators:
+                t_on, t_b = s.targets[op]
+                a.add(op, out[op + "_onsite"], t_on, s.species, out[op + "_bond"], t_b, bi, bj)
+    res = acc.result()
+    if by_size:
+        res["by size"] = {n: {"frames": k, "hamiltonian_meV": a.result()["hamiltonian"]["all"]}
+                          for n, (a, k) in sorted(per_size.items())}
+    return res
 
 
 def state_couplings(h_ref, s_ref, h_pred, kpts, nb: int, degenerate: float = 1e-3) -> np.ndarray:
@@ -142,33 +153,37 @@ CORE_LEVEL_EV = -100.0  # DFT levels below this are core levels (O 1s -510 eV, C
 
 
 def orbital_errors(model_path, frames):
+    """Orbital-energy MAE (meV) at Gamma: HOMO-4..LUMO+2, occupied, occupied core / valence
+    (DFT level below / above CORE_LEVEL_EV) and, when every frame has the same levels, each level's."""
     from ase_slem import SLEMCalculator, band_energies
 
     calcs = {"predicted H, S": SLEMCalculator(str(model_path), overlap="model"),
              "predicted H, exact S": SLEMCalculator(str(model_path), overlap="exact")}
-    errs = {k: {"window": [], "occupied": [], "core": [], "valence": [], "levels": []} for k in calcs}
+    errors = {k: [] for k in calcs}  # per frame: |error| of levels 0 .. LUMO+2 (eV)
+    noccs, cores = [], []
     g = np.zeros((1, 3))
     for fr in frames:
-        atoms = fr.atoms
         nocc = int(fr.results["nelectron"]) // 2
-        ref = band_energies(fr.operators["hamiltonian"], fr.operators["overlap"], g)[0]
-        core = ref[:nocc] < CORE_LEVEL_EV
+        ref = band_energies(fr.operators["hamiltonian"], fr.operators["overlap"], g)[0][: nocc + 3]
+        noccs.append(nocc)
+        cores.append(ref[:nocc] < CORE_LEVEL_EV)
         for k, c in calcs.items():
-            e = band_energies(c.get_hamiltonian(atoms), c.get_overlap(atoms), g)[0]
-            d = np.abs(e - ref)
-            errs[k]["window"].append(d[max(nocc - 5, 0): nocc + 3])
-            errs[k]["occupied"].append(d[:nocc])
-            errs[k]["core"].append(d[:nocc][core])
-            errs[k]["valence"].append(d[:nocc][~core])
-            errs[k]["levels"].append(d[: nocc + 3])
-    f = lambda x: 1000 * float(np.concatenate(x).mean()) if np.concatenate(x).size else float("nan")  # noqa: E731
+            e = band_energies(c.get_hamiltonian(fr.atoms), c.get_overlap(fr.atoms), g)[0][: nocc + 3]
+            errors[k].append(np.abs(e - ref))
+
+    def mae(parts) -> float:
+        x = np.concatenate(parts)
+        return 1000 * float(x.mean()) if x.size else float("nan")
+
     out = {}
-    for k, v in errs.items():
-        out[k] = {"HOMO-4..LUMO+2 mae_meV": f(v["window"]), "occupied mae_meV": f(v["occupied"]),
-                  f"occupied core (DFT level below {CORE_LEVEL_EV:g} eV) mae_meV": f(v["core"]),
-                  "occupied valence mae_meV": f(v["valence"])}
-        if len({len(x) for x in v["levels"]}) == 1:  # the same levels in every frame: MAE of each
-            out[k]["per level, lowest first, to LUMO+2 (meV)"] = (1000 * np.mean(v["levels"], axis=0)).round(1).tolist()
+    for k, d in errors.items():
+        occ = [x[:n] for x, n in zip(d, noccs)]
+        out[k] = {"HOMO-4..LUMO+2 mae_meV": mae([x[max(n - 5, 0):] for x, n in zip(d, noccs)]),
+                  "occupied mae_meV": mae(occ),
+                  f"occupied core (DFT level below {CORE_LEVEL_EV:g} eV) mae_meV": mae([o[c] for o, c in zip(occ, cores)]),
+                  "occupied valence mae_meV": mae([o[~c] for o, c in zip(occ, cores)])}
+        if len(set(noccs)) == 1:
+            out[k]["per level, lowest first, to LUMO+2 (meV)"] = (1000 * np.mean(d, axis=0)).round(1).tolist()
     return out
 
 
@@ -207,9 +222,7 @@ def evaluate(model_path: str, data: str, split: str = "test", frames: list | Non
     fr = [read_frame(Path(data) / n) for n in names]
     model = load_model(model_path)
     res = {"model": str(model_path), "frames": names, "split": "chosen by --frames" if frames else split,
-           "blocks": block_mae(model, fr, names)}
-    if len({len(f.atoms) for f in fr}) > 1:
-        res["hamiltonian_by_size"] = hamiltonian_mae_by_size(model, fr, names)
+           "blocks": block_mae(model, fr, names, by_size=len({len(f.atoms) for f in fr}) > 1)}
     if meta.get("periodic"):
         res["bands"] = band_errors(model_path, fr)
     else:
@@ -227,27 +240,16 @@ def unseen_frames(data: str | Path, split: dict) -> list[str]:
     return [p.name for p in frame_paths(data) if p.name not in named]
 
 
-def hamiltonian_mae_by_size(model, frames, names) -> dict:
-    """{number of atoms: H MAE over the frames of that size (meV)}, sizes in increasing order."""
-    sizes = sorted({len(f.atoms) for f in frames})
-    out = {}
-    for n in sizes:
-        pick = [i for i, f in enumerate(frames) if len(f.atoms) == n]
-        out[n] = {"frames": len(pick),
-                  "mae_meV": block_mae(model, [frames[i] for i in pick], [names[i] for i in pick])["hamiltonian"]["all"]}
-    return out
-
-
 def markdown(res: dict) -> str:
     lines = [f"Frames ({res['split']}): {len(res['frames'])}", "", "| quantity | MAE | unit |", "|---|---|---|"]
-    for op, d in res["blocks"].items():
+    blocks = dict(res["blocks"])
+    by_size = blocks.pop("by size", {})
+    for op, d in blocks.items():
         for k, v in d.items():
             if k != "unit":
                 lines.append(f"| {op} {k} | {v:.4g} | {d['unit']} |")
-    by_size = res.get("hamiltonian_by_size") or {}
-    if len(by_size) > 1:
-        for n, v in by_size.items():
-            lines.append(f"| hamiltonian all, {n}-atom frames ({v['frames']}) | {v['mae_meV']:.4g} | meV |")
+    for n, v in by_size.items():
+        lines.append(f"| hamiltonian all, {n}-atom frames ({v['frames']}) | {v['hamiltonian_meV']:.4g} | meV |")
     for k, v in res.get("bands", {}).items():
         note = v.get("k-points with S(k) not positive definite")
         shift = v.get("mean signed error per cell (meV)")

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit in export/load
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "model_accuracy.py"
 
 
@@ -37,19 +39,45 @@ def test_unseen_split_without_unseen_frames_says_how_to_get_some(tmp_path, accur
         accuracy.evaluate("model.pt", str(tmp_path), split="unseen")
 
 
-def test_hamiltonian_error_is_grouped_by_cell_size(accuracy, monkeypatch):
-    from types import SimpleNamespace
+def _sk_frame(atoms):
+    from ase_slem.io.dataset import Frame
+    from ase_slem.tightbinding import slater_koster_operators
 
-    frames = [SimpleNamespace(atoms=[0] * n) for n in (8, 2, 2, 8, 2)]
+    H, S = slater_koster_operators(atoms)
+    return Frame(atoms, {"hamiltonian": H, "overlap": S}, H.basis,
+                 {"code": "slater-koster", "basis": "sk-sp3", "xc": None}, {})
+
+
+def test_hamiltonian_error_is_grouped_by_cell_size(tmp_path, accuracy):
+    """One pass over frames of two sizes gives each size the H MAE it has on its own."""
+    import torch
+    from _train_helpers import quiet, sk_silicon_frames, tiny_config
+    from ase.build import bulk
+
+    from ase_slem.model_file import load_model
+    from ase_slem.train.config import config_from_dict
+    from ase_slem.train.export import export_checkpoint
+    from ase_slem.train.loop import train
+
+    torch.set_num_threads(1)
+    res = train(config_from_dict(tiny_config(tmp_path / "run", train={"steps": 4})),
+                frames=sk_silicon_frames(5, seed=40), log=quiet)
+    model = load_model(export_checkpoint(res.checkpoint, tmp_path / "tiny.pt"))
+    small = []
+    for k in range(3):
+        atoms = bulk("Si", "diamond", a=5.43)
+        atoms.rattle(0.08, seed=k)
+        small.append(_sk_frame(atoms))
+    big = sk_silicon_frames(2, seed=7)
+    frames = [big[0], small[0], small[1], big[1], small[2]]
     names = [f"frame.{i:06d}" for i in range(5)]
-    seen = {}
 
-    def fake_block_mae(model, fr, nm):
-        seen[len(fr[0].atoms)] = nm
-        return {"hamiltonian": {"all": 10.0 * len(fr[0].atoms)}}
-
-    monkeypatch.setattr(accuracy, "block_mae", fake_block_mae)
-    out = accuracy.hamiltonian_mae_by_size(None, frames, names)
-    assert list(out) == [2, 8]
-    assert out[2] == {"frames": 3, "mae_meV": 20.0} and out[8] == {"frames": 2, "mae_meV": 80.0}
-    assert seen == {2: ["frame.000001", "frame.000002", "frame.000004"], 8: ["frame.000000", "frame.000003"]}
+    out = accuracy.block_mae(model, frames, names, by_size=True)
+    assert list(out["by size"]) == [2, 8]
+    assert [v["frames"] for v in out["by size"].values()] == [3, 2]
+    alone2 = accuracy.block_mae(model, small, names[:3])["hamiltonian"]["all"]
+    alone8 = accuracy.block_mae(model, big, names[:2])["hamiltonian"]["all"]
+    assert out["by size"][2]["hamiltonian_meV"] == pytest.approx(alone2, rel=1e-12)
+    assert out["by size"][8]["hamiltonian_meV"] == pytest.approx(alone8, rel=1e-12)
+    assert min(alone2, alone8) < out["hamiltonian"]["all"] < max(alone2, alone8)
+    assert "by size" not in accuracy.block_mae(model, small, names[:3])
