@@ -320,3 +320,37 @@ def test_a_stage_can_add_gated_head_branches_to_a_trained_model(tmp_path, frames
     with pytest.raises(ConfigError, match="model.channels"):
         train(config_from_dict(tiny_config(tmp_path / "x", train=still, model={"channels": 3})),
               frames=frames, log=quiet)
+
+
+def test_repeat_by_size_visits_each_frame_in_proportion_to_its_atoms(tmp_path, frames):
+    """train.repeat_by_size: an 8-atom cell appears four times per epoch beside 2-atom cells,
+    so that the per-frame-mean loss weighs every cell's blocks by their number."""
+    from types import SimpleNamespace
+
+    from ase.build import bulk
+
+    from ase_slem.io.dataset import Frame
+    from ase_slem.tightbinding import slater_koster_operators
+
+    sizes = [SimpleNamespace(n_atoms=[n]) for n in (2, 8, 2, 3)]
+    assert loop_module.epoch_entries(sizes, False).tolist() == [0, 1, 2, 3]
+    assert loop_module.epoch_entries(sizes, True).tolist() == [0, 1, 1, 1, 1, 2, 3, 3]
+    # in a run: 3 two-atom cells and 2 eight-atom cells, split 3 training / 1 / 1
+    small = []
+    for k in range(3):
+        atoms = bulk("Si", "diamond", a=5.43)
+        atoms.rattle(0.1, seed=20 + k)
+        H, S = slater_koster_operators(atoms)
+        small.append(Frame(atoms, {"hamiltonian": H, "overlap": S}, H.basis, frames[0].settings, {}))
+    mixed = small + list(frames[:2])
+    over = {"steps": 12, "eval_every": 100, "checkpoint_every": 100}
+    plain = train(config_from_dict(tiny_config(tmp_path / "plain", train=over)), frames=mixed, log=quiet)
+    split = load_checkpoint(plain.checkpoint)["dataset"]["split"]
+    n_big = sum(int(name.split()[-1]) >= 3 for name in split["train"])  # "frame 3", "frame 4": 8 atoms
+    per_epoch = len(split["train"]) + 3 * n_big
+    rep = train(config_from_dict(tiny_config(tmp_path / "rep", train=dict(over, repeat_by_size=True))),
+                frames=mixed, log=quiet)
+    for res, length in ((plain, len(split["train"])), (rep, per_epoch)):
+        epochs = [int(r["epoch"]) for r in read_csv(res.metrics_csv) if r["split"] == "train"]
+        assert epochs == [s // length for s in range(12)]
+    assert n_big >= 1  # the split drew an 8-atom cell into training, so the two epoch lengths differ

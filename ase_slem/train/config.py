@@ -139,6 +139,10 @@ class TrainConfig:
         states, this one that the predicted H does not mix them.  Needs band_weight > 0.
     band_gamma: make Gamma one of the band_kpoints k-points of every periodic frame (where
         silicon's valence-band maximum sits, which uniform random k almost never hit).
+    repeat_by_size: each training frame appears round(atoms / atoms of the smallest training
+        frame) times per epoch, so that every atom's blocks weigh the same in the loss whatever the
+        size of its cell (the loss is a per-frame mean: otherwise an 8-atom cell's blocks weigh a
+        quarter of a 2-atom cell's).
     init_from: start from the (EMA) weights and normalization of this checkpoint (fine-tuning,
         e.g. with the band term on); a new run with its own schedule and optimizer.  The model
         section must equal the checkpoint's.
@@ -173,6 +177,7 @@ class TrainConfig:
     band_skip: int = 0
     band_mixing_weight: float = 0.0
     band_gamma: bool = False
+    repeat_by_size: bool = False
     init_from: Optional[str] = None
 
 

@@ -199,6 +199,19 @@ def _forward(model, batch: Sample):
     return model(*batch.inputs())
 
 
+def epoch_entries(samples: Sequence[Sample], repeat_by_size: bool) -> np.ndarray:
+    """Indices into ``samples`` that one training epoch visits (in an order shuffled per epoch).
+
+    Each frame once, or with ``repeat_by_size`` round(atoms / smallest frame's atoms) times,
+    so that a cell's blocks weigh in the per-frame-mean loss by their number.
+    """
+    if not repeat_by_size or not samples:
+        return np.arange(len(samples))
+    atoms = np.array([sum(s.n_atoms) for s in samples])
+    times = np.maximum(np.rint(atoms / atoms.min()).astype(int), 1)
+    return np.repeat(np.arange(len(samples)), times)
+
+
 def evaluate(model, samples: Sequence[Sample], normalizers, weights, t, symbols, batch_size: int = 1):
     """(mean loss over frames, per-block-type MAE dict) of ``samples`` with the current weights."""
     acc = MAEAccumulator(symbols, model.orbital_mask)
@@ -553,7 +566,8 @@ def train(config: Config | str | os.PathLike, *, frames: Optional[Sequence[Frame
             "dataset": dataset_info, "metrics": metrics, "n_parameters": n_params,
         }
 
-    n_train = len(train_s)
+    order = epoch_entries(train_s, t.repeat_by_size)
+    n_train = len(order)
     bs = min(t.batch_size, n_train)
     per_epoch = math.ceil(n_train / bs)
     last_saved: Optional[int] = start if state is not None else None
@@ -569,7 +583,7 @@ def train(config: Config | str | os.PathLike, *, frames: Optional[Sequence[Frame
     try:
         for s in range(start, t.steps):
             epoch, pos = divmod(s, per_epoch)
-            perm = np.random.default_rng([t.seed, epoch]).permutation(n_train)
+            perm = order[np.random.default_rng([t.seed, epoch]).permutation(n_train)]
             batch = collate([train_s[k] for k in perm[pos * bs : (pos + 1) * bs]])
             lr = schedule.apply(optimizer, s)
             out = _forward(model, batch)
