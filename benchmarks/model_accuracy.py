@@ -6,8 +6,7 @@
 The test frames are the ones the model file records as its test split (``training.split.test``
 in the metadata, the frames training never saw); ``--split val`` or ``--frames frame.000003 ...``
 choose others, and ``--split unseen`` the frames of the dataset folder that no split of the model
-names (structures generated after the model was trained: held out from training and from every
-choice made on validation).  Reported, against the DFT operators of those frames:
+names (structures generated after the model was trained, so never trained on).  Reported, against the DFT operators of those frames:
 
 * MAE of H (meV), S and D per block type, over the blocks the model predicts (onsite and
   bonds up to r_bond), as during training; with frames of several sizes, the H MAE of each size;
@@ -65,9 +64,12 @@ def block_mae(model, frames, names, by_size: bool = False):
             out = model.module(*s.inputs())
         bi = s.species.index_select(0, s.bond_i)
         bj = s.species.index_select(0, s.bond_j)
-        size = per_size.setdefault(len(frame.atoms), [MAEAccumulator(model.symbols, mask), 0])
-        size[1] += 1
-        for a in ((acc, size[0]) if by_size else (acc,)):
+        accs = [acc]
+        if by_size:
+            size = per_size.setdefault(len(frame.atoms), [MAEAccumulator(model.symbols, mask), 0])
+            size[1] += 1
+            accs.append(size[0])
+        for a in accs:
             for op in model.operators:
                 t_on, t_b = s.targets[op]
                 a.add(op, out[op + "_onsite"], t_on, s.species, out[op + "_bond"], t_b, bi, bj)

@@ -9,13 +9,14 @@ from ase.build import bulk, molecule
 from ase_slem.io.dataset import Frame
 
 
-def sk_silicon_frames(n: int, seed: int = 0, rattle: float = 0.1):
-    """``n`` rattled 8-atom diamond-silicon cells with exact Slater-Koster H (eV) and S (1s1p)."""
+def sk_silicon_frames(n: int, seed: int = 0, rattle: float = 0.1, cubic: bool = True):
+    """``n`` rattled diamond-silicon cells, 8-atom cubic (or 2-atom primitive with ``cubic=False``),
+    with exact Slater-Koster H (eV) and S (1s1p)."""
     from ase_slem.tightbinding import slater_koster_operators
 
     frames = []
     for k in range(n):
-        atoms = bulk("Si", "diamond", a=5.43, cubic=True)
+        atoms = bulk("Si", "diamond", a=5.43, cubic=cubic)
         atoms.rattle(rattle, seed=seed + k)
         H, S = slater_koster_operators(atoms)
         settings = {"code": "slater-koster", "basis": "sk-sp3", "xc": None}

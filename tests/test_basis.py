@@ -17,8 +17,8 @@ from ase_slem.basis import (
     textbook_to_e3nn,
 )
 
-torch = pytest.importorskip("torch")
-o3 = pytest.importorskip("e3nn.o3")
+import torch
+from e3nn import o3
 
 
 @pytest.fixture
@@ -137,7 +137,7 @@ PYSCF_BASIS = {"O": "cc-pvqz", "N": "cc-pvtz", "H": "cc-pvdz"}  # s..g on O, s..
 
 
 def _mol(pos):
-    gto = pytest.importorskip("pyscf.gto")
+    from pyscf import gto
     return gto.M(atom=[(s, tuple(p)) for s, p in zip(SYMBOLS, pos)], basis=PYSCF_BASIS, unit="Angstrom", verbose=0)
 
 
@@ -197,7 +197,7 @@ def test_rotation_check_detects_a_wrong_convention(pyscf_integrals, wrong, float
 
 
 def test_from_pyscf_errors_and_cells():
-    gto = pytest.importorskip("pyscf.gto")
+    from pyscf import gto
     cart = gto.M(atom="O 0 0 0; H 0 0 1", basis="6-31g*", spin=1, cart=True, verbose=0)
     with pytest.raises(BasisError, match="Cartesian"):
         Basis.from_pyscf(cart)

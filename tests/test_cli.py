@@ -15,7 +15,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.j
 
 EXTERNAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "external"
 SIESTA = EXTERNAL / "siesta-si-deeph" / "siesta_data"
-needs_external = pytest.mark.skipif(not SIESTA.exists(), reason=f"third-party DFT samples not found at {EXTERNAL} (they sit beside the repository in CI)")
+needs_external = pytest.mark.skipif(not SIESTA.exists(), reason=f"third-party DFT samples not found at {EXTERNAL} (../shared/data/external beside the repository; absent in a user's clone)")
 
 
 @needs_external

@@ -7,7 +7,7 @@ from ase import Atoms
 from ase.build import bulk, molecule
 from ase.units import Hartree
 
-pytest.importorskip("pyscf")
+import pyscf  # noqa: F401  (the dft extra; a missing install fails here, not skips)
 
 from ase_slem import band_energies  # noqa: E402
 from ase_slem.basis import Basis  # noqa: E402

@@ -39,20 +39,10 @@ def test_unseen_split_without_unseen_frames_says_how_to_get_some(tmp_path, accur
         accuracy.evaluate("model.pt", str(tmp_path), split="unseen")
 
 
-def _sk_frame(atoms):
-    from ase_slem.io.dataset import Frame
-    from ase_slem.tightbinding import slater_koster_operators
-
-    H, S = slater_koster_operators(atoms)
-    return Frame(atoms, {"hamiltonian": H, "overlap": S}, H.basis,
-                 {"code": "slater-koster", "basis": "sk-sp3", "xc": None}, {})
-
-
 def test_hamiltonian_error_is_grouped_by_cell_size(tmp_path, accuracy):
     """One pass over frames of two sizes gives each size the H MAE it has on its own."""
     import torch
     from _train_helpers import quiet, sk_silicon_frames, tiny_config
-    from ase.build import bulk
 
     from ase_slem.model_file import load_model
     from ase_slem.train.config import config_from_dict
@@ -63,11 +53,7 @@ def test_hamiltonian_error_is_grouped_by_cell_size(tmp_path, accuracy):
     res = train(config_from_dict(tiny_config(tmp_path / "run", train={"steps": 4})),
                 frames=sk_silicon_frames(5, seed=40), log=quiet)
     model = load_model(export_checkpoint(res.checkpoint, tmp_path / "tiny.pt"))
-    small = []
-    for k in range(3):
-        atoms = bulk("Si", "diamond", a=5.43)
-        atoms.rattle(0.08, seed=k)
-        small.append(_sk_frame(atoms))
+    small = sk_silicon_frames(3, seed=0, rattle=0.08, cubic=False)
     big = sk_silicon_frames(2, seed=7)
     frames = [big[0], small[0], small[1], big[1], small[2]]
     names = [f"frame.{i:06d}" for i in range(5)]

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-e3nn = pytest.importorskip("e3nn")
+import e3nn  # a core dependency
 from e3nn import o3  # noqa: E402
 
 from ase_slem.nn.irreps import Irreps  # noqa: E402

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-pytest.importorskip("e3nn")
+import e3nn  # noqa: F401  (a core dependency)
 from e3nn import o3  # noqa: E402
 
 from ase_slem.nn.normalization import PairNormalization, irreps_statistics  # noqa: E402

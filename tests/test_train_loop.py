@@ -327,22 +327,11 @@ def test_repeat_by_size_visits_each_frame_in_proportion_to_its_atoms(tmp_path, f
     so that the per-frame-mean loss weighs every cell's blocks by their number."""
     from types import SimpleNamespace
 
-    from ase.build import bulk
-
-    from ase_slem.io.dataset import Frame
-    from ase_slem.tightbinding import slater_koster_operators
-
     sizes = [SimpleNamespace(n_atoms=[n]) for n in (2, 8, 2, 3)]
     assert loop_module.epoch_entries(sizes, False).tolist() == [0, 1, 2, 3]
     assert loop_module.epoch_entries(sizes, True).tolist() == [0, 1, 1, 1, 1, 2, 3, 3]
     # in a run: 3 two-atom cells and 2 eight-atom cells, split 3 training / 1 / 1
-    small = []
-    for k in range(3):
-        atoms = bulk("Si", "diamond", a=5.43)
-        atoms.rattle(0.1, seed=20 + k)
-        H, S = slater_koster_operators(atoms)
-        small.append(Frame(atoms, {"hamiltonian": H, "overlap": S}, H.basis, frames[0].settings, {}))
-    mixed = small + list(frames[:2])
+    mixed = sk_silicon_frames(3, seed=20, cubic=False) + list(frames[:2])
     over = {"steps": 12, "eval_every": 100, "checkpoint_every": 100}
     plain = train(config_from_dict(tiny_config(tmp_path / "plain", train=over)), frames=mixed, log=quiet)
     split = load_checkpoint(plain.checkpoint)["dataset"]["split"]
