@@ -5,6 +5,7 @@
     python scripts/make_training_sets.py ethanol
     python scripts/make_training_sets.py all
     python scripts/make_training_sets.py si --frames 144 --kinds primitive2_strained   # only the 2-atom cells
+    python scripts/make_training_sets.py si --settings configs/data/si_pbe_dzvp_converged.yaml --out ../data/converged
 
 Each set is ``OUT/<model name>/``: ``structures.extxyz`` (the sampled geometries, written once
 from a fixed seed, so a rerun computes the same frames), ``frame.NNNNNN/`` (one per structure,
@@ -103,8 +104,8 @@ def molecule_structures(eq: Atoms, hess: np.ndarray, n: int, seed: int) -> list[
 
 
 def make(name: str, out_root: Path, n_frames: int | None, workers: int, threads: int | None = None,
-         kinds: list[str] | None = None, retry_failed: bool = False) -> None:
-    settings = load_settings(ROOT / "configs" / "data" / f"{name}.yaml")
+         kinds: list[str] | None = None, retry_failed: bool = False, settings_file: Path | None = None) -> None:
+    settings = load_settings(settings_file or ROOT / "configs" / "data" / f"{name}.yaml")
     folder = out_root / name
     structures_file = folder / "structures.extxyz"
     n = n_frames or DEFAULT_FRAMES[name]
@@ -151,10 +152,19 @@ def main(argv=None) -> int:
                         "keep their frame numbers and can be filled in by a later run")
     p.add_argument("--retry-failed", action="store_true",
                    help="compute again the structures failed.jsonl records (left out by default)")
+    p.add_argument("--settings", type=Path,
+                   help="DFT settings file instead of configs/data/<name>.yaml (one set only; write to another "
+                        "--out so that frames of different settings never share a folder)")
     args = p.parse_args(argv)
     names = list(SETS.values()) if args.which == "all" else [SETS[args.which]]
+    if args.settings and len(names) > 1:
+        raise SystemExit("--settings applies to one set; name it (si, water or ethanol) instead of 'all'")
+    if args.settings and Path(args.out).resolve() == (ROOT.parent / "data").resolve():
+        raise SystemExit(f"--settings {args.settings} with the default --out would mix its frames into the shipped "
+                         "sets' folders; pass --out (e.g. ../data/converged)")
     for name in names:
-        make(name, Path(args.out), args.frames, args.workers, args.threads, args.kinds, args.retry_failed)
+        make(name, Path(args.out), args.frames, args.workers, args.threads, args.kinds, args.retry_failed,
+             args.settings)
     return 0
 
 

@@ -94,6 +94,9 @@ def test_settings_errors_name_the_problem(tmp_path):
         load_settings({"kind": "periodic", "kmesh": [1, 1, 1], "basis": "gth-szv", "pseudo": "gth-nonsense"})
     with pytest.raises(SettingsError, match="needs kmesh or kmesh_length"):
         load_settings({"kind": "periodic", "basis": "gth-szv"})
+    with pytest.raises(SettingsError, match="smearing is a Fermi-Dirac width in eV"):
+        load_settings({"kind": "periodic", "kmesh": [1, 1, 1], "basis": "gth-szv", "smearing": -0.1})
+    assert load_settings({"kind": "periodic", "kmesh": [1, 1, 1], "basis": "gth-szv", "smearing": 0.05}).smearing == 0.05
     with pytest.raises(SettingsError, match="does not exist"):
         load_settings(tmp_path / "missing.yaml")
     with pytest.raises(SettingsError, match="periodic"):

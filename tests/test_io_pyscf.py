@@ -186,6 +186,10 @@ def test_periodic_operators_reproduce_pyscf_eigenvalues_on_the_mesh(silicon):
     np.testing.assert_allclose(e, np.asarray(mf.mo_energy) * Hartree, rtol=0, atol=1e-6)
     assert frame.results["converged"]
     assert frame.results["gap"] > 0.3
+    # an insulator: band 4 stays below band 5 at every mesh point, by the global gap
+    nb = frame.results["nelectron"] // 2
+    assert frame.results["band_overlap"] == pytest.approx(e[:, nb - 1].max() - e[:, nb].min(), abs=1e-9)
+    assert frame.results["band_overlap"] == pytest.approx(-frame.results["gap"], abs=1e-9)
 
 
 def test_periodic_density_matrix_counts_electrons_on_the_mesh(silicon):
@@ -235,6 +239,31 @@ def test_dense_mesh_fock_matches_get_bands(silicon):
     assert half.operators["hamiltonian"].max_abs_difference(H) < 1e-6
     e_half = band_energies(half.operators["hamiltonian"], half.operators["overlap"], kf)
     np.testing.assert_allclose(e_half, ref, rtol=0, atol=1e-6)
+
+
+def test_smeared_scf_and_its_dense_mesh_density_agree():
+    """With Fermi-Dirac smearing the SCF's own density matrix and the one rebuilt on a mesh (here
+    the SCF mesh itself, so the two must agree) hold fractional occupations, the same electrons
+    and PySCF's chemical potential."""
+    atoms = bulk("Si", "diamond", a=5.43)
+    atoms.rattle(0.03, seed=1)
+    frame, mf = periodic_operators(atoms, return_mf=True, smearing=0.4, **SI_FAST)
+    occ = np.concatenate(mf.mo_occ)
+    assert np.any((occ > 1e-4) & (occ < 2 - 1e-4))                 # the smearing is felt
+    kf = gamma_centred_mesh((2, 2, 2))
+    rebuilt = operators_from_krks(mf, atoms, dense_kmesh=(2, 2, 2), smearing=0.4)
+    D, S = rebuilt.operators["density_matrix"], rebuilt.operators["overlap"]
+    assert D.max_abs_difference(frame.operators["density_matrix"]) < 1e-6
+    ne = np.einsum("kab,kba->", D.bloch(kf), S.bloch(kf)).real / len(kf)
+    assert ne == pytest.approx(8.0, abs=1e-8)
+    # PySCF's occupations are Fermi-Dirac functions at the chemical potential we report
+    mu = rebuilt.results["fermi_level"] / Hartree
+    e = np.concatenate(mf.mo_energy)
+    np.testing.assert_allclose(occ, 2.0 / (1.0 + np.exp((e - mu) / (0.4 / Hartree))), atol=1e-6)
+    assert rebuilt.settings["smearing"] == 0.4 and frame.settings["smearing"] == 0.4
+    # without smearing the rebuilt density is the integer (aufbau) one: a different matrix
+    plain = operators_from_krks(mf, atoms, dense_kmesh=(2, 2, 2))
+    assert plain.operators["density_matrix"].max_abs_difference(D) > 1e-4
 
 
 def test_periodic_operators_needs_a_crystal():

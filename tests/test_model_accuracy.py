@@ -67,3 +67,19 @@ def test_hamiltonian_error_is_grouped_by_cell_size(tmp_path, accuracy):
     assert out["by size"][8]["hamiltonian_meV"] == pytest.approx(alone8, rel=1e-12)
     assert min(alone2, alone8) < out["hamiltonian"]["all"] < max(alone2, alone8)
     assert "by size" not in accuracy.block_mae(model, small, names[:3])
+
+
+def test_reference_is_metallic_reads_the_frames_own_mesh(accuracy):
+    """Slater-Koster silicon filled with 8 electrons is an insulator; with 4 (two bands, the second
+    reaching the valence-band top at Gamma, the third dipping eV below it) its bands overlap."""
+    from _train_helpers import sk_silicon_frames
+
+    fr = sk_silicon_frames(1, seed=5, rattle=0.03, cubic=False)[0]
+    assert accuracy.reference_is_metallic(fr) is None          # no mesh recorded: unknown
+    fr.settings["kmesh"] = [4, 4, 4]
+    fr.results["nelectron"] = 8
+    assert accuracy.reference_is_metallic(fr) is False
+    fr.results["nelectron"] = 4
+    assert accuracy.reference_is_metallic(fr) is True
+    fr.settings["dense_kmesh"] = [2, 2, 2]                      # the mesh H was built on wins
+    assert accuracy.reference_is_metallic(fr) is True

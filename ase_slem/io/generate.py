@@ -28,6 +28,7 @@ Settings (YAML/TOML or a dict)::
     density_fit: false        # FFTDF (false) or GDF (true)
     ke_cutoff: null           # Hartree; PySCF's default when null
     conv_tol: 1.0e-9
+    smearing: null            # periodic: Fermi-Dirac width (eV) for (semi)metals; null: integer occupations
     max_distance: null        # Å, block cutoff of the stored operators
     grids_level: null         # molecular: PySCF DFT grid level
 """
@@ -70,6 +71,7 @@ class GenerationSettings:
     density_fit: bool = False
     ke_cutoff: Optional[float] = None
     conv_tol: float = 1e-9
+    smearing: Optional[float] = None
     max_distance: Optional[float] = None
     grids_level: Optional[int] = None
     charge: int = 0
@@ -86,6 +88,8 @@ class GenerationSettings:
                 problems.append("give kmesh or kmesh_length, not both")
             if self.dense_kmesh is not None and self.dense_kmesh_length is not None:
                 problems.append("give dense_kmesh or dense_kmesh_length, not both")
+            if self.smearing is not None and not (isinstance(self.smearing, (int, float)) and self.smearing > 0):
+                problems.append(f"smearing is a Fermi-Dirac width in eV and must be positive (or null), got {self.smearing!r}")
             for name in ("kmesh", "dense_kmesh"):
                 v = getattr(self, name)
                 if v is not None and (len(v) != 3 or any(int(x) < 1 for x in v)):
@@ -195,14 +199,14 @@ def run_frame(atoms: Atoms, settings: GenerationSettings):
             frame = ps.periodic_operators(
                 atoms, settings.xc, settings.basis, settings.pseudo, kmesh, dense_kmesh=dense,
                 density_fit=settings.density_fit, ke_cutoff=settings.ke_cutoff, conv_tol=settings.conv_tol,
-                max_distance=settings.max_distance, scf_options=hooks,
+                max_distance=settings.max_distance, scf_options=hooks, smearing=settings.smearing,
             )
         if frame.results.get("converged"):
             frame.settings["scf_attempt"] = label
             return frame
         last = label
         gap = frame.results.get("gap")
-        if settings.kind == "periodic" and gap is not None and gap < CLOSED_GAP_EV:
+        if settings.kind == "periodic" and not settings.smearing and gap is not None and gap < CLOSED_GAP_EV:
             # states at the Fermi level swap between k-points from cycle to cycle: fixed (insulator)
             # occupations cannot converge, and neither damping nor a level shift has rescued such a frame
             raise RuntimeError(f"SCF did not converge ({label}): the gap closed on the k-mesh "

@@ -478,8 +478,12 @@ def run_krks(
     mesh_shift: bool = False,
     verbose: int = 0,
     scf_options: dict | None = None,
+    smearing: float | None = None,
 ):
     """Converged PySCF KRKS mean-field object on a ``kmesh`` (see :func:`periodic_operators`).
+
+    ``smearing`` (eV): Fermi-Dirac occupations of that width (PySCF's ``smearing_``) instead of
+    integer ones, for structures the functional makes (semi)metallic.
 
     The mesh is Gamma-centred, or with ``mesh_shift`` a Monkhorst–Pack mesh (half a step off
     Gamma along even axes), which converges the density faster for a given number of points;
@@ -506,6 +510,10 @@ def run_krks(
     mf.verbose = verbose
     if density_fit:
         mf = mf.density_fit()
+    if smearing:
+        from pyscf.pbc.scf.addons import smearing_
+
+        mf = smearing_(mf, sigma=float(smearing) / Hartree, method="fermi")
     _apply_scf_options(mf, scf_options)
     mf.kernel()
     return mf
@@ -537,6 +545,7 @@ def periodic_operators(
     verbose: int = 0,
     return_mf: bool = False,
     scf_options: dict | None = None,
+    smearing: float | None = None,
 ):
     """Kohn–Sham H(R) (eV), S(R), D(R) of a crystal from a PySCF KRKS calculation.
 
@@ -569,6 +578,9 @@ def periodic_operators(
         also return the PySCF mean-field object (for reference band calculations).
     scf_options:
         attributes set on the SCF object (damping, level shift ...), see :func:`run_krks`.
+    smearing:
+        Fermi-Dirac width (eV) of the occupations, in the SCF and on ``dense_kmesh``; None for
+        integer (insulator) occupations.
 
     Returns
     -------
@@ -582,10 +594,10 @@ def periodic_operators(
     t0 = time.perf_counter()
     mf = run_krks(atoms, xc, basis, pseudo, kmesh, density_fit=density_fit, ke_cutoff=ke_cutoff,
                   conv_tol=conv_tol, kpoint_symmetry=kpoint_symmetry, mesh_shift=mesh_shift, verbose=verbose,
-                  scf_options=scf_options)
+                  scf_options=scf_options, smearing=smearing)
     t_scf = time.perf_counter() - t0
     frame = operators_from_krks(mf, atoms, dense_kmesh=dense_kmesh, time_reversal=time_reversal,
-                                drop_below=drop_below, max_distance=max_distance)
+                                drop_below=drop_below, max_distance=max_distance, smearing=smearing)
     frame.results["timings"] = {"scf": t_scf, **frame.results["timings"]}
     return (frame, mf) if return_mf else frame
 
@@ -598,6 +610,7 @@ def operators_from_krks(
     time_reversal: bool = True,
     drop_below: float = 0.0,
     max_distance: float | None = None,
+    smearing: float | None = None,
 ) -> Frame:
     """H(R) (eV), S(R), D(R) from a converged PySCF KRKS object on a Gamma-centred mesh.
 
@@ -607,14 +620,17 @@ def operators_from_krks(
     mesh from the converged density (hcore + J + Vxc at those k, non-self-consistent, as
     ``mf.get_bands`` does) and diagonalized there; D on the dense mesh is the ground-state
     (aufbau: the lowest nelectron * nk / 2 states of the whole mesh doubly occupied) density
-    matrix of that H.  A denser mesh pushes the aliasing of the Gaussian tails out; it costs a
+    matrix of that H (with ``smearing``, eV: Fermi-Dirac occupations of that width, the
+    chemical potential fixed by the electron count, as in a smeared SCF).  A denser mesh pushes the aliasing of the Gaussian tails out; it costs a
     Fock build per k-point.  With ``time_reversal`` F is built at one of each pair k, -k only
     and F(-k) = conj(F(k)).  ``drop_below`` and ``max_distance`` are the block cutoffs of
     :func:`realspace_from_kmesh`.
 
     ``results`` holds ``energy`` (eV), ``converged``, ``nelectron``, ``fermi_level`` (mid-gap
-    for insulators, eV), ``homo``/``lumo``/``gap`` (eV, on the mesh used for H) and
-    ``timings`` (s per stage).
+    for insulators, eV), ``homo``/``lumo``/``gap`` (eV, on the mesh used for H),
+    ``band_overlap`` (eV: the top of band nelectron/2 minus the bottom of the band above it,
+    over that mesh; positive means the structure is a (semi)metal there, which an insulator's
+    integer occupations on a coarse SCF mesh do not converge) and ``timings`` (s per stage).
     """
     cell = mf.cell
     if atoms is None:
@@ -667,7 +683,8 @@ def operators_from_krks(
 
         e_k = e_rep[where[:, 0]]
         f_k, s_k, c_k = unfold(f_rep), unfold(s_rep), unfold(c_rep)
-        occ = _aufbau_occupations(e_k, nelec)
+        occ = (_fermi_occupations(e_k, nelec, smearing / Hartree)[0] if smearing
+               else _aufbau_occupations(e_k, nelec))
         d_k = np.einsum("kan,kn,kbn->kab", c_k, occ, np.conj(c_k))
     bas = Basis.from_pyscf(cell)
     symbols = atoms.get_chemical_symbols()
@@ -687,6 +704,9 @@ def operators_from_krks(
     flat = np.sort(e_ev.ravel())
     homo = float(flat[nocc_total - 1])
     lumo = float(flat[nocc_total]) if nocc_total < flat.size else None
+    nband = nelec // 2  # bands an insulator fills at every k
+    overlap = (float(e_ev[:, nband - 1].max() - e_ev[:, nband].min())
+               if nelec % 2 == 0 and 0 < nband < e_ev.shape[1] else None)
     results = {
         "energy": float(mf.e_tot) * Hartree,
         "converged": bool(mf.converged),
@@ -694,7 +714,9 @@ def operators_from_krks(
         "homo": homo,
         "lumo": lumo,
         "gap": None if lumo is None else lumo - homo,
-        "fermi_level": homo if lumo is None else 0.5 * (homo + lumo),
+        "fermi_level": (float(_fermi_occupations(np.asarray(e_k), nelec, smearing / Hartree)[1] * Hartree)
+                        if smearing else homo if lumo is None else 0.5 * (homo + lumo)),
+        "band_overlap": overlap,
         "timings": timings,
     }
     basis, pseudo = cell.basis, cell.pseudo
@@ -713,6 +735,7 @@ def operators_from_krks(
         "ke_cutoff": None if getattr(cell, "ke_cutoff", None) is None else float(cell.ke_cutoff),
         "fft_mesh": [int(x) for x in cell.mesh],
         "conv_tol": float(mf.conv_tol),
+        "smearing": None if not smearing else float(smearing),
         "block_cutoff": drop_below,
         "max_distance": max_distance,
         "realspace": "minimal image in the Born-von Karman supercell of the mesh used, ties split evenly",
@@ -747,6 +770,22 @@ def _aufbau_occupations(e_k: np.ndarray, nelectron: int, degeneracy_tol: float =
     left = total - occ.sum()
     occ[shell] = left / shell.sum()
     return occ
+
+
+def _fermi_occupations(e_k: np.ndarray, nelectron: int, sigma: float) -> tuple[np.ndarray, float]:
+    """Fermi-Dirac occupations (nk, nbands), 0..2, of width ``sigma`` (energy unit of ``e_k``)
+    holding nelectron * nk electrons over the mesh, and their chemical potential."""
+    from scipy.optimize import brentq
+    from scipy.special import expit
+
+    total = nelectron * e_k.shape[0]
+
+    def excess(mu: float) -> float:
+        return float(2.0 * expit(-(e_k - mu) / sigma).sum() - total)
+
+    lo, hi = float(e_k.min()) - 50 * sigma, float(e_k.max()) + 50 * sigma
+    mu = brentq(excess, lo, hi, xtol=1e-14 * max(1.0, abs(hi)), maxiter=500)
+    return 2.0 * expit(-(e_k - mu) / sigma), mu
 
 
 # ---------------------------------------------------------------------------------------------
