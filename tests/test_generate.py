@@ -197,7 +197,7 @@ def test_a_crystal_whose_gap_closed_is_not_retried(monkeypatch):
 
     def fake(gap):
         def run(atoms, *args, **kwargs):
-            calls.append(kwargs.get("scf_options"))
+            calls.append((kwargs.get("scf_options"), kwargs.get("smearing")))
             return type("F", (), {"results": {"converged": False, "gap": gap}, "settings": {}})()
         return run
 
@@ -212,3 +212,11 @@ def test_a_crystal_whose_gap_closed_is_not_retried(monkeypatch):
     with pytest.raises(RuntimeError, match="tried plain, damped"):
         gen.run_frame(bulk("Si"), settings)
     assert len(calls) == len(gen._scf_attempts())
+    # with smearing a closed gap is what the occupations are for: retried, and the width reaches PySCF
+    calls.clear()
+    smeared = gen.load_settings({"kind": "periodic", "xc": "pbe", "basis": "gth-szv", "pseudo": "gth-pbe",
+                                 "kmesh": [1, 1, 1], "smearing": 0.05})
+    monkeypatch.setattr(ps, "periodic_operators", fake(0.0))
+    with pytest.raises(RuntimeError, match="tried plain, damped"):
+        gen.run_frame(bulk("Si"), smeared)
+    assert len(calls) == len(gen._scf_attempts()) and all(w == 0.05 for _, w in calls)

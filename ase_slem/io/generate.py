@@ -11,7 +11,8 @@ continued by running the same command again.  An SCF that does not converge is r
 damping and a level shift; a frame that still fails is never written but recorded, with the
 reason, in ``DATASET/failed.jsonl`` and the log; later runs leave it out (``retry_failed=True``
 computes it again).  ``DATASET/generation.jsonl`` keeps one line
-per finished frame (wall time per stage, energy, gap, worker pid).
+per finished frame (wall time per stage, energy, gap, band overlap: positive for a crystal
+whose bands overlap on its mesh, a (semi)metal that wants ``smearing``; worker pid).
 
 Settings (YAML/TOML or a dict)::
 
@@ -230,7 +231,8 @@ def _worker(index: int, atoms: Atoms, settings: GenerationSettings, out: str, th
     write_frame(out, frame, index)
     r = frame.results
     return {"index": index, "ok": True, "seconds": r["timings"]["total"], "timings": r["timings"],
-            "energy_eV": r.get("energy"), "gap_eV": r.get("gap"), "natoms": len(atoms), "pid": os.getpid(),
+            "energy_eV": r.get("energy"), "gap_eV": r.get("gap"), "band_overlap_eV": r.get("band_overlap"),
+            "natoms": len(atoms), "pid": os.getpid(),
             "scf_attempt": frame.settings.get("scf_attempt")}
 
 
