@@ -63,3 +63,24 @@ def trained_water(tmp_path_factory):
 
     torch.set_num_threads(1)
     return train_water_model(tmp_path_factory.mktemp("trained_water"))
+
+
+@pytest.fixture(scope="session")
+def benchmark_script():
+    """Import a script of ``benchmarks/`` by name (``benchmark_script("model_accuracy")``): they
+    are scripts, not a package, so they are loaded from their file."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks"
+    loaded = {}
+
+    def load(name: str):
+        if name not in loaded:
+            spec = importlib.util.spec_from_file_location(name, root / f"{name}.py")
+            mod = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(mod)
+            loaded[name] = mod
+        return loaded[name]
+
+    return load

@@ -2,21 +2,13 @@
 is the mean of the absolute values above it."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "band_error_by_shell.py"
-
 
 @pytest.fixture(scope="module")
-def by_shell():
-    spec = importlib.util.spec_from_file_location("band_error_by_shell", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def by_shell(benchmark_script):
+    return benchmark_script("band_error_by_shell")
 
 
 def test_shells_partition_the_operator(by_shell):

@@ -1,22 +1,14 @@
 """benchmarks/model_accuracy.py: which frames count as unseen, and the per-size H error."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit in export/load
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "model_accuracy.py"
-
 
 @pytest.fixture(scope="module")
-def accuracy():
-    spec = importlib.util.spec_from_file_location("model_accuracy", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def accuracy(benchmark_script):
+    return benchmark_script("model_accuracy")
 
 
 def test_unseen_frames_are_those_no_split_names(tmp_path, accuracy):
