@@ -621,8 +621,8 @@ def operators_from_krks(
     ``mf.get_bands`` does) and diagonalized there; D on the dense mesh is the ground-state
     (aufbau: the lowest nelectron * nk / 2 states of the whole mesh doubly occupied) density
     matrix of that H (with ``smearing``, eV: Fermi-Dirac occupations of that width, the
-    chemical potential fixed by the electron count, as in a smeared SCF).  A denser mesh pushes the aliasing of the Gaussian tails out; it costs a
-    Fock build per k-point.  With ``time_reversal`` F is built at one of each pair k, -k only
+    chemical potential fixed by the electron count, as in a smeared SCF).  A denser mesh
+    pushes the aliasing of the Gaussian tails out; it costs a Fock build per k-point.  With ``time_reversal`` F is built at one of each pair k, -k only
     and F(-k) = conj(F(k)).  ``drop_below`` and ``max_distance`` are the block cutoffs of
     :func:`realspace_from_kmesh`.
 
