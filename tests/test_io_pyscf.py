@@ -241,27 +241,26 @@ def test_dense_mesh_fock_matches_get_bands(silicon):
     np.testing.assert_allclose(e_half, ref, rtol=0, atol=1e-6)
 
 
-def test_smeared_scf_and_its_dense_mesh_density_agree():
-    """With Fermi-Dirac smearing the SCF's own density matrix and the one rebuilt on a mesh (here
-    the SCF mesh itself, so the two must agree) hold fractional occupations, the same electrons
-    and PySCF's chemical potential."""
+def test_smeared_scf_density_is_pyscfs():
+    """With Fermi-Dirac smearing the operators are rebuilt on the SCF mesh (so that D(-k) =
+    conj(D(k)) holds exactly): their D holds fractional occupations, the same electrons, the band
+    energy of PySCF's own occupations, and PySCF's occupations are Fermi functions at the
+    chemical potential reported."""
     atoms = bulk("Si", "diamond", a=5.43)
     atoms.rattle(0.03, seed=1)
     frame, mf = periodic_operators(atoms, return_mf=True, smearing=0.4, **SI_FAST)
-    occ = np.concatenate(mf.mo_occ)
+    occ, e = np.concatenate(mf.mo_occ), np.concatenate(mf.mo_energy)
     assert np.any((occ > 1e-4) & (occ < 2 - 1e-4))                 # the smearing is felt
+    assert frame.settings["dense_kmesh"] == [2, 2, 2] and frame.settings["smearing"] == 0.4
     kf = gamma_centred_mesh((2, 2, 2))
-    rebuilt = operators_from_krks(mf, atoms, dense_kmesh=(2, 2, 2), smearing=0.4)
-    D, S = rebuilt.operators["density_matrix"], rebuilt.operators["overlap"]
-    assert D.max_abs_difference(frame.operators["density_matrix"]) < 1e-6
+    D, S, H = (frame.operators[n] for n in ("density_matrix", "overlap", "hamiltonian"))
     ne = np.einsum("kab,kba->", D.bloch(kf), S.bloch(kf)).real / len(kf)
     assert ne == pytest.approx(8.0, abs=1e-8)
-    # PySCF's occupations are Fermi-Dirac functions at the chemical potential we report
-    mu = rebuilt.results["fermi_level"] / Hartree
-    e = np.concatenate(mf.mo_energy)
+    band_energy = np.einsum("kab,kba->", D.bloch(kf), H.bloch(kf)).real / len(kf)
+    assert band_energy == pytest.approx(float(occ @ e) * Hartree / len(kf), abs=1e-5)
+    mu = frame.results["fermi_level"] / Hartree
     np.testing.assert_allclose(occ, 2.0 / (1.0 + np.exp((e - mu) / (0.4 / Hartree))), atol=1e-6)
-    assert rebuilt.settings["smearing"] == 0.4 and frame.settings["smearing"] == 0.4
-    # without smearing the rebuilt density is the integer (aufbau) one: a different matrix
+    # without smearing the density rebuilt from the same SCF is the integer (aufbau) one
     plain = operators_from_krks(mf, atoms, dense_kmesh=(2, 2, 2))
     assert plain.operators["density_matrix"].max_abs_difference(D) > 1e-4
 

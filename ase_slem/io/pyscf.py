@@ -621,9 +621,11 @@ def operators_from_krks(
     ``mf.get_bands`` does) and diagonalized there; D on the dense mesh is the ground-state
     (aufbau: the lowest nelectron * nk / 2 states of the whole mesh doubly occupied) density
     matrix of that H (with ``smearing``, eV: Fermi-Dirac occupations of that width, the
-    chemical potential fixed by the electron count, as in a smeared SCF).  A denser mesh
-    pushes the aliasing of the Gaussian tails out; it costs a Fock build per k-point.  With ``time_reversal`` F is built at one of each pair k, -k only
-    and F(-k) = conj(F(k)).  ``drop_below`` and ``max_distance`` are the block cutoffs of
+    chemical potential fixed by the electron count, as in a smeared SCF; a smeared SCF's
+    operators are always rebuilt, on the SCF mesh when no ``dense_kmesh`` is given).  A
+    denser mesh pushes the aliasing of the Gaussian tails out; it costs a Fock build per
+    k-point.  With ``time_reversal`` F is built at one of each pair k, -k only and
+    F(-k) = conj(F(k)).  ``drop_below`` and ``max_distance`` are the block cutoffs of
     :func:`realspace_from_kmesh`.
 
     ``results`` holds ``energy`` (eV), ``converged``, ``nelectron``, ``fermi_level`` (mid-gap
@@ -640,6 +642,10 @@ def operators_from_krks(
     kobj = mf.kpts if hasattr(mf.kpts, "kpts_ibz") else None  # k-point symmetry (IBZ only)
     kpts_full = kobj.kpts if kobj is not None else np.asarray(mf.kpts)
     n_scf, scf_shifted = _mesh_size(cell.get_scaled_kpts(kpts_full))
+    if smearing and dense_kmesh is None and not scf_shifted:
+        # Fermi occupations turn the ~1e-9 Ha differences between PySCF's e(k) and e(-k) into
+        # ~1e-6 differences between D(k) and conj(D(-k)); rebuilt with time reversal they are exact
+        dense_kmesh = n_scf
     t0 = time.perf_counter()
     if dense_kmesh is None:
         if scf_shifted:
