@@ -4,15 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("e3nn")
-from ase import Atoms  # noqa: E402
-from ase.build import bulk, molecule  # noqa: E402
-from e3nn import o3  # noqa: E402
+from ase import Atoms
+from ase.build import bulk, molecule
+from e3nn import o3
 
-from ase_slem.nn.graph import build_graph  # noqa: E402
-from ase_slem.nn.irreps import Irreps  # noqa: E402
-from ase_slem.nn.layers import E3Linear, EquivariantLayerNorm, Gate  # noqa: E402
-from ase_slem.nn.radial import BesselBasis, PolynomialEnvelope  # noqa: E402
+from ase_slem.nn.graph import build_graph
+from ase_slem.nn.irreps import Irreps
+from ase_slem.nn.layers import E3Linear, EquivariantLayerNorm, Gate
+from ase_slem.nn.radial import BesselBasis, PolynomialEnvelope
 
 
 @pytest.fixture(autouse=True)

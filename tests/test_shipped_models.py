@@ -77,7 +77,6 @@ def test_shipped_model_matches_dft_on_held_out_structures(name):
 
 
 def test_water_model_against_a_fresh_pyscf_calculation():
-    pytest.importorskip("pyscf", reason="PySCF (the 'dft' extra) computes the reference")
     from ase.build import molecule
 
     from ase_slem.io.pyscf import molecular_operators
