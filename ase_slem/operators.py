@@ -372,6 +372,19 @@ class RealSpaceOperator:
             name=name or self.name, basis=self.basis, symbols=self.symbols,
         )
 
+    def pair_distances(self, atoms) -> np.ndarray:
+        """|tau_j + R . cell - tau_i| (Å) of every stored block, shape (nblocks,)."""
+        cell = np.asarray(atoms.cell[:]) if self.periodic else np.zeros((3, 3))
+        pos = atoms.positions
+        return np.linalg.norm(pos[self.j] + self.R @ cell - pos[self.i], axis=1)
+
+    def within_distance(self, atoms, r_max: float, r_min: float | None = None) -> "RealSpaceOperator":
+        """The operator with only the blocks of atom pairs at r_min < d <= r_max (Å) kept (the
+        others zero, same sparsity); ``r_min=None`` keeps the onsite blocks (d = 0) too."""
+        d = self.pair_distances(atoms)
+        keep = ((d <= r_max) & ((d > r_min) if r_min is not None else True)).astype(float)
+        return self.map_blocks(lambda data, g: data * keep[g.start:g.stop, None, None])
+
     def __mul__(self, scalar: float) -> "RealSpaceOperator":
         return self.map_blocks(lambda d, g: d * float(scalar))
 

@@ -26,14 +26,6 @@ from pathlib import Path
 import numpy as np
 
 
-def shell_mask(op, atoms, lo: float, hi: float):
-    """``op`` with only the blocks of atom pairs at distance d, lo < d <= hi (Å), kept."""
-    pos, cell = atoms.positions, np.asarray(atoms.cell[:])
-    d = np.linalg.norm(pos[op.j] + op.R @ cell - pos[op.i], axis=1)
-    keep = ((d > lo) & (d <= hi)).astype(float)
-    return op.map_blocks(lambda data, g: data * keep[g.start:g.stop, None, None])
-
-
 def _bands(hk: np.ndarray, sk: np.ndarray, nb: int) -> np.ndarray:
     from scipy.linalg import eigh
 
@@ -46,7 +38,7 @@ def shell_errors(model_path: str, frames, edges: list[float], n_extra: int = 4, 
     from ase_slem.bands import band_path
 
     calc = SLEMCalculator(str(model_path), overlap="exact")
-    bounds = [(-1.0, 1e-3)] + [(max(lo, 1e-3), hi) for lo, hi in zip(edges[:-1], edges[1:])]
+    bounds = [(None, 1e-3)] + [(max(lo, 1e-3), hi) for lo, hi in zip(edges[:-1], edges[1:])]
     names = ["onsite"] + [f"{lo:g}-{hi:g} Å" for lo, hi in zip(edges[:-1], edges[1:])]
     cells = []
     for name, fr in frames:
@@ -65,7 +57,8 @@ def shell_errors(model_path: str, frames, edges: list[float], n_extra: int = 4, 
 
         row = [vbm_mae(h_pred.bloch(k))]
         for lo, hi in bounds:
-            row.append(vbm_mae(hk_ref + shell_mask(h_pred, atoms, lo, hi).bloch(k) - shell_mask(H, atoms, lo, hi).bloch(k)))
+            row.append(vbm_mae(hk_ref + h_pred.within_distance(atoms, hi, lo).bloch(k)
+                               - H.within_distance(atoms, hi, lo).bloch(k)))
         cells.append((name, len(atoms), row))
         print(f"{name} ({len(atoms)} atoms): " + "  ".join(f"{v:+.1f}/{m:.1f}" for v, m in row), file=sys.stderr, flush=True)
     return {"shells": names, "cells": cells}

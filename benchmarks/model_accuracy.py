@@ -41,13 +41,6 @@ from pathlib import Path
 import numpy as np
 
 
-def _blocks_within(op, atoms, r: float):
-    """``op`` with the blocks of atom pairs farther than ``r`` Å apart set to zero."""
-    pos, cell = atoms.positions, np.asarray(atoms.cell[:])
-    keep = (np.linalg.norm(pos[op.j] + op.R @ cell - pos[op.i], axis=1) <= r + 1e-8).astype(float)
-    return op.map_blocks(lambda data, g: data * keep[g.start:g.stop, None, None])
-
-
 def block_mae(model, frames, names, by_size: bool = False):
     """MAE of every operator per block type over ``frames``; with ``by_size``, also
     ``{"by size": {number of atoms: {"frames": n, "hamiltonian_meV": H MAE}}}`` from the same
@@ -129,7 +122,7 @@ def band_errors(model_path, frames, n_extra: int = 4, npath: int = 80, nrandom: 
         good = lam > 0
         if good.any():
             pred[good] = band_energies(h_pred, s_pred, k[good], overlap_threshold=0.0)[:, :nb]
-        cut = band_energies(_blocks_within(H, atoms, r_bond), _blocks_within(S, atoms, r_bond), k)[:, :nb]
+        cut = band_energies(H.within_distance(atoms, r_bond + 1e-8), S.within_distance(atoms, r_bond + 1e-8), k)[:, :nb]
         metallic.append(reference_is_metallic(fr))
         err.append(np.abs(pred - ref).ravel())
         err_x.append(np.abs(pred_x - ref).ravel())
@@ -163,13 +156,17 @@ def band_errors(model_path, frames, n_extra: int = 4, npath: int = 80, nrandom: 
 def reference_is_metallic(frame) -> bool | None:
     """Whether the frame's DFT bands, on the k-mesh its H was built on (``dense_kmesh`` of a PySCF
     frame, else its SCF ``kmesh``), overlap: the highest filled band of an insulator's count above
-    the lowest empty one somewhere (:func:`ase_slem.dos.band_gap` gives no gap). Such a reference
-    was computed with an insulator's settings (integer occupations on a coarse mesh) for what
-    this functional makes a (semi)metal. None when the frame records no mesh."""
+    the lowest empty one somewhere (:func:`ase_slem.dos.band_gap` gives no gap). Unless the frame
+    records ``smearing``, such a reference was computed with an insulator's settings (integer
+    occupations) for what this functional makes a (semi)metal. Frames generated since
+    2026-12-05 record the overlap (``results["band_overlap"]``, eV) and it is read from there;
+    older ones are diagonalized on their mesh. None when the frame records neither."""
     from ase_slem.dos import band_gap
     from ase_slem.io.pyscf import gamma_centred_mesh
     from ase_slem.solvers import band_energies
 
+    if frame.results.get("band_overlap") is not None:
+        return bool(frame.results["band_overlap"] > -1e-6)  # band_gap's touching tolerance
     mesh = frame.settings.get("dense_kmesh") or frame.settings.get("kmesh")
     n_el = frame.results.get("nelectron")
     if not mesh or not n_el:

@@ -75,3 +75,5 @@ def test_reference_is_metallic_reads_the_frames_own_mesh(accuracy):
     assert accuracy.reference_is_metallic(fr) is True
     fr.settings["dense_kmesh"] = [2, 2, 2]                      # the mesh H was built on wins
     assert accuracy.reference_is_metallic(fr) is True
+    fr.results["band_overlap"] = -0.2                           # recorded by the generator: read, not recomputed
+    assert accuracy.reference_is_metallic(fr) is False

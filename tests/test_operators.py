@@ -163,3 +163,24 @@ def test_check_structure():
     other = RealSpaceOperator.from_blocks([4, 4], [0], [1], [(0, 0, 0)], [np.ones((4, 4))], basis=Basis({"Si": "2s2p1d"}))
     with pytest.raises(OperatorError, match="orbitals in the operator but 13"):
         other.check_structure(si)
+
+
+def test_distance_shells_partition_the_operator():
+    """Onsite blocks plus consecutive distance shells (within_distance) give back H exactly; each
+    shell keeps only pairs in its range, and pair_distances are the bond lengths."""
+    from _train_helpers import sk_silicon_frames
+
+    fr = sk_silicon_frames(1, seed=3, rattle=0.08, cubic=False)[0]
+    H, atoms = fr.operators["hamiltonian"], fr.atoms
+    d = H.pair_distances(atoms)
+    assert d.shape == (H.nblocks,) and np.all(d[(H.i == H.j) & ~H.R.any(1)] == 0)
+    i = np.flatnonzero((H.i != H.j) & ~H.R.any(1))[0]
+    assert d[i] == pytest.approx(atoms.get_distance(int(H.i[i]), int(H.j[i])))
+    k = np.array([[0.0, 0.0, 0.0], [0.1, 0.2, 0.3]])
+    edges = [1e-3, 2.7, 4.2, 100.0]
+    parts = [H.within_distance(atoms, 1e-3)] + [H.within_distance(atoms, hi, lo) for lo, hi in zip(edges[:-1], edges[1:])]
+    np.testing.assert_allclose(sum(p.bloch(k) for p in parts), H.bloch(k), atol=1e-12)
+    first = parts[1]
+    norms = np.concatenate([np.abs(g.data).reshape(len(g.data), -1).max(1) for g in first.groups])
+    assert np.all(norms[(d <= 1e-3) | (d > 2.7)] == 0)
+    assert np.all(norms[(d > 1e-3) & (d <= 2.7)] > 0)    # first neighbours of Slater-Koster Si couple

@@ -642,6 +642,7 @@ def operators_from_krks(
     kobj = mf.kpts if hasattr(mf.kpts, "kpts_ibz") else None  # k-point symmetry (IBZ only)
     kpts_full = kobj.kpts if kobj is not None else np.asarray(mf.kpts)
     n_scf, scf_shifted = _mesh_size(cell.get_scaled_kpts(kpts_full))
+    mu = None  # chemical potential of smeared occupations (Hartree)
     if smearing and dense_kmesh is None and not scf_shifted:
         # Fermi occupations turn the ~1e-9 Ha differences between PySCF's e(k) and e(-k) into
         # ~1e-6 differences between D(k) and conj(D(-k)); rebuilt with time reversal they are exact
@@ -689,8 +690,10 @@ def operators_from_krks(
 
         e_k = e_rep[where[:, 0]]
         f_k, s_k, c_k = unfold(f_rep), unfold(s_rep), unfold(c_rep)
-        occ = (_fermi_occupations(e_k, nelec, smearing / Hartree)[0] if smearing
-               else _aufbau_occupations(e_k, nelec))
+        if smearing:
+            occ, mu = _fermi_occupations(e_k, nelec, smearing / Hartree)
+        else:
+            occ = _aufbau_occupations(e_k, nelec)
         d_k = np.einsum("kan,kn,kbn->kab", c_k, occ, np.conj(c_k))
     bas = Basis.from_pyscf(cell)
     symbols = atoms.get_chemical_symbols()
@@ -720,8 +723,8 @@ def operators_from_krks(
         "homo": homo,
         "lumo": lumo,
         "gap": None if lumo is None else lumo - homo,
-        "fermi_level": (float(_fermi_occupations(np.asarray(e_k), nelec, smearing / Hartree)[1] * Hartree)
-                        if smearing else homo if lumo is None else 0.5 * (homo + lumo)),
+        "fermi_level": (float(mu * Hartree) if mu is not None
+                        else homo if lumo is None else 0.5 * (homo + lumo)),
         "band_overlap": overlap,
         "timings": timings,
     }
