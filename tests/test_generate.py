@@ -97,6 +97,10 @@ def test_settings_errors_name_the_problem(tmp_path):
     with pytest.raises(SettingsError, match="smearing is a Fermi-Dirac width in eV"):
         load_settings({"kind": "periodic", "kmesh": [1, 1, 1], "basis": "gth-szv", "smearing": -0.1})
     assert load_settings({"kind": "periodic", "kmesh": [1, 1, 1], "basis": "gth-szv", "smearing": 0.05}).smearing == 0.05
+    with pytest.raises(SettingsError, match="kpoint_symmetry must be false, time_reversal or space_group"):
+        load_settings({"kind": "periodic", "kmesh": [1, 1, 1], "basis": "gth-szv", "kpoint_symmetry": "tr"})
+    assert load_settings({"kind": "periodic", "kmesh": [1, 1, 1], "basis": "gth-szv",
+                          "kpoint_symmetry": "time_reversal"}).kpoint_symmetry == "time_reversal"
     with pytest.raises(SettingsError, match="does not exist"):
         load_settings(tmp_path / "missing.yaml")
     with pytest.raises(SettingsError, match="periodic"):

@@ -13,6 +13,7 @@ from ase_slem import band_energies  # noqa: E402
 from ase_slem.basis import Basis  # noqa: E402
 from ase_slem.io.pyscf import (  # noqa: E402
     PySCFInputError,
+    atoms_to_cell,
     gamma_centred_mesh,
     kmesh_to_realspace,
     molecular_operators,
@@ -290,6 +291,26 @@ def test_kpoint_symmetry_scf_gives_the_same_operators():
     ref = np.asarray(mf_sym.get_bands(mf_sym.cell.get_abs_kpts(kf))[0]) * Hartree
     e = band_energies(dense_sym.operators["hamiltonian"], dense_sym.operators["overlap"], kf)
     np.testing.assert_allclose(e, ref, rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_time_reversal_scf_of_a_rattled_cell_gives_the_same_operators():
+    """A rattled cell has no space group but keeps k -> -k: the SCF on one of each pair (14 of 27
+    points of a 3x3x3 mesh; all 8 of a 2x2x2 mesh are their own partners) with smearing gives the
+    full-mesh operators; a bad mode is named."""
+    atoms = bulk("Si", "diamond", a=5.43)
+    atoms.rattle(0.05, seed=3)
+    mesh3 = {**SI_FAST, "kmesh": (3, 3, 3)}
+    half, mf = periodic_operators(atoms, kpoint_symmetry="time_reversal", smearing=0.4, return_mf=True, **mesh3)
+    assert mf.kpts.nkpts_ibz == 14 and mf.kpts.nkpts == 27 and half.settings["kpoint_symmetry"] == "time_reversal"
+    assert half.settings["fft_mesh"] == [int(x) for x in atoms_to_cell(atoms, "gth-szv", "gth-pade", ke_cutoff=25).mesh]
+    full = periodic_operators(atoms, smearing=0.4, **mesh3)
+    assert full.settings["kpoint_symmetry"] is False
+    tolerance = {"overlap": 1e-10, "hamiltonian": 1e-4, "density_matrix": 1e-6}
+    for name, tol in tolerance.items():
+        assert half.operators[name].max_abs_difference(full.operators[name]) < tol, name
+    with pytest.raises(PySCFInputError, match="kpoint_symmetry must be"):
+        periodic_operators(atoms, kpoint_symmetry="inversion", **SI_FAST)
 
 
 def test_pyscf_frame_round_trips_through_the_dataset(tmp_path, silicon):

@@ -30,6 +30,8 @@ Settings (YAML/TOML or a dict)::
     ke_cutoff: null           # Hartree; PySCF's default when null
     conv_tol: 1.0e-9
     smearing: null            # periodic: Fermi-Dirac width (eV) for (semi)metals; null: integer occupations
+    kpoint_symmetry: false    # periodic: SCF on the irreducible k-points; time_reversal (one of k, -k; any
+                              # structure, halves the SCF) or space_group (symmetric cells only)
     max_distance: null        # Å, block cutoff of the stored operators
     grids_level: null         # molecular: PySCF DFT grid level
 """
@@ -43,7 +45,7 @@ import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import numpy as np
 from ase import Atoms
@@ -73,6 +75,7 @@ class GenerationSettings:
     ke_cutoff: Optional[float] = None
     conv_tol: float = 1e-9
     smearing: Optional[float] = None
+    kpoint_symmetry: Union[bool, str] = False
     max_distance: Optional[float] = None
     grids_level: Optional[int] = None
     charge: int = 0
@@ -91,6 +94,8 @@ class GenerationSettings:
                 problems.append("give dense_kmesh or dense_kmesh_length, not both")
             if self.smearing is not None and not (isinstance(self.smearing, (int, float)) and self.smearing > 0):
                 problems.append(f"smearing is a Fermi-Dirac width in eV and must be positive (or null), got {self.smearing!r}")
+            if self.kpoint_symmetry not in (False, True, "time_reversal", "space_group"):
+                problems.append(f"kpoint_symmetry must be false, time_reversal or space_group, got {self.kpoint_symmetry!r}")
             for name in ("kmesh", "dense_kmesh"):
                 v = getattr(self, name)
                 if v is not None and (len(v) != 3 or any(int(x) < 1 for x in v)):
@@ -201,6 +206,7 @@ def run_frame(atoms: Atoms, settings: GenerationSettings):
                 atoms, settings.xc, settings.basis, settings.pseudo, kmesh, dense_kmesh=dense,
                 density_fit=settings.density_fit, ke_cutoff=settings.ke_cutoff, conv_tol=settings.conv_tol,
                 max_distance=settings.max_distance, scf_options=hooks, smearing=settings.smearing,
+                kpoint_symmetry=settings.kpoint_symmetry,
             )
         if frame.results.get("converged"):
             frame.settings["scf_attempt"] = label
