@@ -101,6 +101,8 @@ def test_settings_errors_name_the_problem(tmp_path):
         load_settings({"kind": "periodic", "kmesh": [1, 1, 1], "basis": "gth-szv", "kpoint_symmetry": "tr"})
     assert load_settings({"kind": "periodic", "kmesh": [1, 1, 1], "basis": "gth-szv",
                           "kpoint_symmetry": "time_reversal"}).kpoint_symmetry == "time_reversal"
+    with pytest.raises(SettingsError, match="multigrid integrates on FFT grids"):
+        load_settings({"kind": "periodic", "kmesh": [1, 1, 1], "basis": "gth-szv", "multigrid": True, "density_fit": True})
     with pytest.raises(SettingsError, match="does not exist"):
         load_settings(tmp_path / "missing.yaml")
     with pytest.raises(SettingsError, match="periodic"):

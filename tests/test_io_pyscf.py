@@ -297,7 +297,7 @@ def test_kpoint_symmetry_scf_gives_the_same_operators():
 def test_time_reversal_scf_of_a_rattled_cell_gives_the_same_operators():
     """A rattled cell has no space group but keeps k -> -k: the SCF on one of each pair (14 of 27
     points of a 3x3x3 mesh; all 8 of a 2x2x2 mesh are their own partners) with smearing gives the
-    full-mesh operators; a bad mode is named."""
+    full-mesh operators; a bad mode is named.  PySCF's multigrid J and Vxc give the same bands."""
     atoms = bulk("Si", "diamond", a=5.43)
     atoms.rattle(0.05, seed=3)
     mesh3 = {**SI_FAST, "kmesh": (3, 3, 3)}
@@ -311,6 +311,15 @@ def test_time_reversal_scf_of_a_rattled_cell_gives_the_same_operators():
         assert half.operators[name].max_abs_difference(full.operators[name]) < tol, name
     with pytest.raises(PySCFInputError, match="kpoint_symmetry must be"):
         periodic_operators(atoms, kpoint_symmetry="inversion", **SI_FAST)
+    # multigrid J and Vxc: other numerics, the same bands to a fraction of a meV
+    grid = periodic_operators(atoms, kpoint_symmetry="time_reversal", smearing=0.4, multigrid=True, **mesh3)
+    assert grid.settings["xc_integration"] == "multigrid" and full.settings["xc_integration"] == "uniform_grid"
+    kf = np.random.default_rng(0).random((6, 3))
+    e_grid = band_energies(grid.operators["hamiltonian"], grid.operators["overlap"], kf)
+    e_full = band_energies(full.operators["hamiltonian"], full.operators["overlap"], kf)
+    assert 0 < np.abs(e_grid - e_full).max() < 1e-3
+    with pytest.raises(PySCFInputError, match="multigrid integrates on FFT grids"):
+        periodic_operators(atoms, multigrid=True, **{**SI_FAST, "density_fit": True})
 
 
 def test_pyscf_frame_round_trips_through_the_dataset(tmp_path, silicon):

@@ -32,6 +32,7 @@ Settings (YAML/TOML or a dict)::
     smearing: null            # periodic: Fermi-Dirac width (eV) for (semi)metals; null: integer occupations
     kpoint_symmetry: false    # periodic: SCF on the irreducible k-points; time_reversal (one of k, -k; any
                               # structure, halves the SCF) or space_group (symmetric cells only)
+    multigrid: false          # periodic: J and Vxc by PySCF's multigrid integration (FFTDF, GTH, LDA/GGA)
     max_distance: null        # Å, block cutoff of the stored operators
     grids_level: null         # molecular: PySCF DFT grid level
 """
@@ -76,6 +77,7 @@ class GenerationSettings:
     conv_tol: float = 1e-9
     smearing: Optional[float] = None
     kpoint_symmetry: Union[bool, str] = False
+    multigrid: bool = False
     max_distance: Optional[float] = None
     grids_level: Optional[int] = None
     charge: int = 0
@@ -96,6 +98,8 @@ class GenerationSettings:
                 problems.append(f"smearing is a Fermi-Dirac width in eV and must be positive (or null), got {self.smearing!r}")
             if self.kpoint_symmetry not in (False, True, "time_reversal", "space_group"):
                 problems.append(f"kpoint_symmetry must be false, time_reversal or space_group, got {self.kpoint_symmetry!r}")
+            if self.multigrid and self.density_fit:
+                problems.append("multigrid integrates on FFT grids: set density_fit: false")
             for name in ("kmesh", "dense_kmesh"):
                 v = getattr(self, name)
                 if v is not None and (len(v) != 3 or any(int(x) < 1 for x in v)):
@@ -206,7 +210,7 @@ def run_frame(atoms: Atoms, settings: GenerationSettings):
                 atoms, settings.xc, settings.basis, settings.pseudo, kmesh, dense_kmesh=dense,
                 density_fit=settings.density_fit, ke_cutoff=settings.ke_cutoff, conv_tol=settings.conv_tol,
                 max_distance=settings.max_distance, scf_options=hooks, smearing=settings.smearing,
-                kpoint_symmetry=settings.kpoint_symmetry,
+                kpoint_symmetry=settings.kpoint_symmetry, multigrid=settings.multigrid,
             )
         if frame.results.get("converged"):
             frame.settings["scf_attempt"] = label

@@ -479,6 +479,7 @@ def run_krks(
     verbose: int = 0,
     scf_options: dict | None = None,
     smearing: float | None = None,
+    multigrid: bool = False,
 ):
     """Converged PySCF KRKS mean-field object on a ``kmesh`` (see :func:`periodic_operators`).
 
@@ -495,6 +496,12 @@ def run_krks(
     ``"space_group"`` the crystal's space group as well.  PySCF enlarges the FFT grid to one the
     space group maps onto itself, which for a strained, nearly symmetric cell can be enormous
     (a 17^3 grid became 898x1595x765 for such a silicon cell): use ``"time_reversal"`` there.
+
+    ``multigrid`` builds J and Vxc with PySCF's multigrid integration (``MultiGridNumInt``;
+    FFT density fitting, pseudopotentials, LDA/GGA) instead of on the one uniform grid.
+    Measured on a strained two-atom silicon cell (gth-dzvp-molopt-sr, 20 Ha, 4x4x4 mesh with time
+    reversal): SCF 20.6 s against 55 s, bands of the operators 0.09 meV (mean; at most 0.22 meV)
+    from the uniform-grid ones, total energy 0.3 meV.
     """
     from pyscf.pbc import dft
 
@@ -518,6 +525,12 @@ def run_krks(
     mf.xc = xc
     mf.conv_tol = conv_tol
     mf.verbose = verbose
+    if multigrid:
+        if density_fit:
+            raise PySCFInputError("multigrid integrates on FFT grids: use it with density_fit=False")
+        from pyscf.pbc.dft.multigrid import MultiGridNumInt
+
+        mf._numint = MultiGridNumInt(cell)
     if density_fit:
         mf = mf.density_fit()
     if smearing:
@@ -570,6 +583,7 @@ def periodic_operators(
     return_mf: bool = False,
     scf_options: dict | None = None,
     smearing: float | None = None,
+    multigrid: bool = False,
 ):
     """Kohn–Sham H(R) (eV), S(R), D(R) of a crystal from a PySCF KRKS calculation.
 
@@ -605,6 +619,8 @@ def periodic_operators(
     smearing:
         Fermi-Dirac width (eV) of the occupations, in the SCF and on ``dense_kmesh``; None for
         integer (insulator) occupations.
+    multigrid:
+        J and Vxc by PySCF's multigrid integration, see :func:`run_krks`.
 
     Returns
     -------
@@ -618,7 +634,7 @@ def periodic_operators(
     t0 = time.perf_counter()
     mf = run_krks(atoms, xc, basis, pseudo, kmesh, density_fit=density_fit, ke_cutoff=ke_cutoff,
                   conv_tol=conv_tol, kpoint_symmetry=kpoint_symmetry, mesh_shift=mesh_shift, verbose=verbose,
-                  scf_options=scf_options, smearing=smearing)
+                  scf_options=scf_options, smearing=smearing, multigrid=multigrid)
     t_scf = time.perf_counter() - t0
     frame = operators_from_krks(mf, atoms, dense_kmesh=dense_kmesh, time_reversal=time_reversal,
                                 drop_below=drop_below, max_distance=max_distance, smearing=smearing)
@@ -768,6 +784,7 @@ def operators_from_krks(
         "density_fit": type(mf.with_df).__name__ != "FFTDF",
         "ke_cutoff": None if getattr(cell, "ke_cutoff", None) is None else float(cell.ke_cutoff),
         "fft_mesh": [int(x) for x in cell.mesh],
+        "xc_integration": "multigrid" if "MultiGrid" in type(mf._numint).__name__ else "uniform_grid",
         "conv_tol": float(mf.conv_tol),
         "smearing": None if not smearing else float(smearing),
         "block_cutoff": drop_below,
