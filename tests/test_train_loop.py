@@ -289,6 +289,24 @@ def test_extend_train_adds_new_frames_to_training_and_keeps_the_held_out_ones(tm
         config_from_dict(tiny_config(tmp_path / "x", data={"extend_train": True}))
 
 
+def test_held_out_names_the_validation_and_test_frames(tmp_path, frames):
+    """data.held_out fixes validation and test by frame name (the same structures as a model
+    trained on another dataset of them); every other frame trains; bad lists are config errors."""
+    names = [f"frame.{k:06d}" for k in range(len(frames))]
+    held = {"val": [names[3]], "test": [names[0], names[4]]}
+    res = train(config_from_dict(tiny_config(tmp_path / "held", train={"steps": 1}, data={"held_out": held})),
+                frames=frames, frame_names=names, log=quiet)
+    split = load_checkpoint(res.checkpoint)["dataset"]["split"]
+    assert split == {"train": [names[1], names[2]] + names[5:], **held}
+    with pytest.raises(TrainingDataError, match="does not have: frame.000099"):
+        train(config_from_dict(tiny_config(tmp_path / "gone", data={"held_out": {"val": ["frame.000099"], "test": [names[0]]}})),
+              frames=frames, frame_names=names, log=quiet)
+    for bad, message in (({"val": names[:2], "test": names[1:3]}, "in both val and test"),
+                         ({"val": names[:1]}, r"held_out must be \{val: \[frame names\], test")):
+        with pytest.raises(ConfigError, match=message):
+            config_from_dict(tiny_config(tmp_path / "bad", data={"held_out": bad}))
+
+
 def test_a_stage_can_add_gated_head_branches_to_a_trained_model(tmp_path, frames):
     """model.head_channels in a fine-tuning stage grows the heads of the model it starts from:
     every trained weight is kept and the new branches start at zero, so the first prediction

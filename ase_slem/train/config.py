@@ -53,6 +53,9 @@ class DataConfig:
     extend_train: with ``train.init_from``, frames the first run's split does not name join
         the training set (more data for a later stage; validation and test stay the first
         run's, so they remain held out). False leaves them out.
+    held_out: ``{val: [frame names], test: [frame names]}``: these frames are the validation and
+        test sets and every other frame (after ``exclude``) trains; replaces the random split
+        (e.g. to hold out the same structures as a model trained on another dataset of them).
     """
 
     path: str = _required()
@@ -63,6 +66,7 @@ class DataConfig:
     max_frames: Optional[int] = None
     exclude: list = field(default_factory=list)
     extend_train: bool = False
+    held_out: Optional[dict] = None
 
 
 @dataclass
@@ -392,6 +396,22 @@ def validate(cfg: Config) -> list[str]:
     elif d.extend_train and not t.init_from:
         p.append("data.extend_train adds frames to the split of train.init_from; set train.init_from "
                  "(or drop data.extend_train: a new run splits all frames itself)")
+    if d.held_out is not None:
+        h = d.held_out
+        if not isinstance(h, dict) or set(h) != {"val", "test"} or not all(
+                isinstance(v, list) and v and all(isinstance(x, str) for x in v) for v in h.values()):
+            p.append("data.held_out must be {val: [frame names], test: [frame names]}, each a non-empty list, "
+                     f"got {h!r}")
+        else:
+            both = sorted(set(h["val"]) & set(h["test"]))
+            if both:
+                p.append(f"data.held_out names {both[:3]} in both val and test")
+            dropped = sorted((set(h["val"]) | set(h["test"])) & set(d.exclude))
+            if dropped:
+                p.append(f"data.held_out names {dropped[:3]}, which data.exclude leaves out")
+        if t.init_from:
+            p.append("data.held_out splits a new run; a run with train.init_from keeps that checkpoint's split "
+                     "(drop data.held_out)")
     if m.r_cut <= 0:
         p.append(f"model.r_cut must be positive (Å), got {m.r_cut}")
     if m.r_bond is not None and not 0 < m.r_bond <= m.r_cut:

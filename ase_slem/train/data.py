@@ -145,6 +145,27 @@ def split_indices(n: int, split: Sequence[float], seed: int, train_fraction: flo
     return train[:keep], val, test
 
 
+def held_out_indices(names: Sequence[str], held_out: dict, train_fraction: float = 1.0
+                     ) -> Tuple[List[int], List[int], List[int]]:
+    """Train/validation/test indices of ``names`` with the frames ``held_out`` names
+    (``{"val": [...], "test": [...]}``) as validation and test and the others, in order, as
+    training frames (the leading ``train_fraction`` of them)."""
+    where = {nm: k for k, nm in enumerate(names)}
+    missing = [nm for part in ("val", "test") for nm in held_out[part] if nm not in where]
+    if missing:
+        raise TrainingDataError(
+            f"data.held_out names frames the dataset does not have: {', '.join(missing[:5])}"
+            + (" ..." if len(missing) > 5 else "") + " (generate them, or drop them from data.held_out)")
+    val = [where[nm] for nm in held_out["val"]]
+    test = [where[nm] for nm in held_out["test"]]
+    taken = set(val) | set(test)
+    train = [k for k in range(len(names)) if k not in taken]
+    if not train:
+        raise TrainingDataError("data.held_out holds out every frame; none is left to train on")
+    keep = max(1, int(round(train_fraction * len(train))))
+    return train[:keep], val, test
+
+
 # ---------------------------------------------------------------------------------------------
 # samples
 # ---------------------------------------------------------------------------------------------

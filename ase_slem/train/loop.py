@@ -38,7 +38,7 @@ from .checkpoint import (DTYPES, build_model, default_dtype, is_model_file, load
 from .config import RESUMABLE_CHANGES, Config, ConfigError, config_differences, load_config
 from .data import (OperatorNormalizer, Sample, TrainingDataError, average_neighbors, check_basis_matches,
                    check_frames, collate, dataset_basis, make_sample, normalized_loss_terms,
-                   onsite_overlap_means, padded_orbital_mask, split_indices)
+                   onsite_overlap_means, padded_orbital_mask, split_indices, held_out_indices)
 from .band_loss import band_reference, batch_band_terms
 from .metrics import MAEAccumulator, UNITS, block_type_names, format_metrics
 
@@ -355,6 +355,8 @@ def _prepare_data(cfg: Config, frames, frame_names, state: Optional[dict], say,
         elif extra:
             say(f"note: {len(extra)} frame(s) not in the split of {cfg.train.init_from} are left out "
                 "(data.extend_train: true trains on them)")
+    elif cfg.data.held_out is not None:
+        tr_idx, va_idx, te_idx = held_out_indices(names, cfg.data.held_out, cfg.data.train_fraction)
     else:
         tr_idx, va_idx, te_idx = split_indices(len(frames), cfg.data.split, cfg.data.split_seed,
                                                cfg.data.train_fraction)
