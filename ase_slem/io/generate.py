@@ -96,7 +96,9 @@ class GenerationSettings:
                 problems.append("give dense_kmesh or dense_kmesh_length, not both")
             if self.smearing is not None and not (isinstance(self.smearing, (int, float)) and self.smearing > 0):
                 problems.append(f"smearing is a Fermi-Dirac width in eV and must be positive (or null), got {self.smearing!r}")
-            if self.kpoint_symmetry not in (False, True, "time_reversal", "space_group"):
+            from .pyscf import KPOINT_SYMMETRY_MODES  # numpy and ase only; PySCF itself is imported later
+
+            if self.kpoint_symmetry not in (False, True, *KPOINT_SYMMETRY_MODES):
                 problems.append(f"kpoint_symmetry must be false, time_reversal or space_group, got {self.kpoint_symmetry!r}")
             if self.multigrid and self.density_fit:
                 problems.append("multigrid integrates on FFT grids: set density_fit: false")

@@ -491,17 +491,19 @@ def run_krks(
     operators then need a (Gamma-centred) ``dense_kmesh`` in :func:`operators_from_krks`.
     ``kpoint_symmetry`` runs the SCF on the irreducible k-points only (PySCF's k-point
     symmetry-adapted KRKS): ``"time_reversal"`` keeps one of each pair k, -k (260 of 512 points
-    on an 8x8x8 mesh; any structure has it; measured on a strained two-atom silicon cell the SCF
-    took 237 s against 463 s and gave the same operators to 2e-7 eV), ``True`` or
+    on an 8x8x8 mesh; any structure has it; a strained two-atom silicon cell's frame took 443 s
+    against 556 s, as PySCF still builds the density from every k, with the same operators to
+    1e-6 meV: ``benchmarks/pyscf_scf_speed.py``), ``True`` or
     ``"space_group"`` the crystal's space group as well.  PySCF enlarges the FFT grid to one the
     space group maps onto itself, which for a strained, nearly symmetric cell can be enormous
     (a 17^3 grid became 898x1595x765 for such a silicon cell): use ``"time_reversal"`` there.
 
     ``multigrid`` builds J and Vxc with PySCF's multigrid integration (``MultiGridNumInt``;
     FFT density fitting, pseudopotentials, LDA/GGA) instead of on the one uniform grid.
-    Measured on a strained two-atom silicon cell (gth-dzvp-molopt-sr, 20 Ha, 4x4x4 mesh with time
-    reversal): SCF 20.6 s against 55 s, bands of the operators 0.09 meV (mean; at most 0.22 meV)
-    from the uniform-grid ones, total energy 0.3 meV.
+    Measured on a strained two-atom silicon cell (gth-dzvp-molopt-sr, 20 Ha, 8x8x8 mesh,
+    ``benchmarks/pyscf_scf_speed.py``): with time reversal the frame took 132 s against 556 s
+    for every k on the uniform grid; its bands are 0.095 meV (mean; at most 0.47 meV) from the
+    uniform grid's, H elements at most 1.9 meV.
     """
     from pyscf.pbc import dft
 
