@@ -301,6 +301,15 @@ def test_held_out_names_the_validation_and_test_frames(tmp_path, frames):
     with pytest.raises(TrainingDataError, match="does not have: frame.000099"):
         train(config_from_dict(tiny_config(tmp_path / "gone", data={"held_out": {"val": ["frame.000099"], "test": [names[0]]}})),
               frames=frames, frame_names=names, log=quiet)
+    # a fine-tuning stage may re-split by name, but never train on what its checkpoint held out
+    over = {"steps": 1, "init_from": str(res.checkpoint)}
+    kept = {"val": [names[3]], "test": [names[4]]}
+    with pytest.raises(TrainingDataError, match="would train on frames .* held out: frame.000000"):
+        train(config_from_dict(tiny_config(tmp_path / "leak", train=over, data={"held_out": kept})),
+              frames=frames, frame_names=names, log=quiet)
+    fine = train(config_from_dict(tiny_config(tmp_path / "fine", train=over, data={"held_out": kept, "exclude": [names[0]]})),
+                 frames=frames[1:], frame_names=names[1:], log=quiet)
+    assert load_checkpoint(fine.checkpoint)["dataset"]["split"]["train"] == [names[1], names[2]] + names[5:]
     for bad, message in (({"val": names[:2], "test": names[1:3]}, "in both val and test"),
                          ({"val": names[:1]}, r"held_out must be \{val: \[frame names\], test")):
         with pytest.raises(ConfigError, match=message):

@@ -56,6 +56,8 @@ class DataConfig:
     held_out: ``{val: [frame names], test: [frame names]}``: these frames are the validation and
         test sets and every other frame (after ``exclude``) trains; replaces the random split
         (e.g. to hold out the same structures as a model trained on another dataset of them).
+        With ``train.init_from`` it replaces that checkpoint's split, provided no frame the
+        checkpoint held out would be trained on.
     """
 
     path: str = _required()
@@ -409,9 +411,8 @@ def validate(cfg: Config) -> list[str]:
             dropped = sorted((set(h["val"]) | set(h["test"])) & set(d.exclude))
             if dropped:
                 p.append(f"data.held_out names {dropped[:3]}, which data.exclude leaves out")
-        if t.init_from:
-            p.append("data.held_out splits a new run; a run with train.init_from keeps that checkpoint's split "
-                     "(drop data.held_out)")
+        if d.extend_train:
+            p.append("data.held_out trains on every frame it does not hold out; drop data.extend_train")
     if m.r_cut <= 0:
         p.append(f"model.r_cut must be positive (Å), got {m.r_cut}")
     if m.r_bond is not None and not 0 < m.r_bond <= m.r_cut:

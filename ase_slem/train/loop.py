@@ -337,7 +337,16 @@ def _prepare_data(cfg: Config, frames, frame_names, state: Optional[dict], say,
         check_basis_matches(state["model_args"]["basis"], basis, "the dataset")
         basis = {k: list(v) for k, v in state["model_args"]["basis"].items()}
     symbols = list(basis)
-    if init is not None:
+    if cfg.data.held_out is not None:
+        tr_idx, va_idx, te_idx = held_out_indices(names, cfg.data.held_out, cfg.data.train_fraction)
+        if init is not None:
+            fixed = init["dataset"]["split"]
+            leak = sorted({names[k] for k in tr_idx} & (set(fixed["val"]) | set(fixed["test"])))
+            if leak:
+                raise TrainingDataError(
+                    f"data.held_out would train on frames {cfg.train.init_from} held out: {', '.join(leak[:5])}"
+                    + (" ..." if len(leak) > 5 else "") + "; name them in data.held_out or data.exclude")
+    elif init is not None:
         fixed = init["dataset"]["split"]
         where = {nm: k for k, nm in enumerate(names)}
         absent = [nm for part in fixed.values() for nm in part if nm not in where]
@@ -355,8 +364,6 @@ def _prepare_data(cfg: Config, frames, frame_names, state: Optional[dict], say,
         elif extra:
             say(f"note: {len(extra)} frame(s) not in the split of {cfg.train.init_from} are left out "
                 "(data.extend_train: true trains on them)")
-    elif cfg.data.held_out is not None:
-        tr_idx, va_idx, te_idx = held_out_indices(names, cfg.data.held_out, cfg.data.train_fraction)
     else:
         tr_idx, va_idx, te_idx = split_indices(len(frames), cfg.data.split, cfg.data.split_seed,
                                                cfg.data.train_fraction)
