@@ -31,7 +31,7 @@ Settings (YAML/TOML or a dict)::
     conv_tol: 1.0e-9
     smearing: null            # periodic: Fermi-Dirac width (eV) for (semi)metals; null: integer occupations
     kpoint_symmetry: false    # periodic: SCF on the irreducible k-points; time_reversal (one of k, -k; any
-                              # structure, halves the SCF) or space_group (symmetric cells only)
+                              # structure; ~20 % faster) or space_group (symmetric cells only)
     multigrid: false          # periodic: J and Vxc by PySCF's multigrid integration (FFTDF, GTH, LDA/GGA)
     max_distance: null        # Å, block cutoff of the stored operators
     grids_level: null         # molecular: PySCF DFT grid level

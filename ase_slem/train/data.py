@@ -145,6 +145,11 @@ def split_indices(n: int, split: Sequence[float], seed: int, train_fraction: flo
     return train[:keep], val, test
 
 
+def listed_names(names: Sequence[str], most: int = 5) -> str:
+    """Frame names for an error message: the first ``most``, then " ..." if there are more."""
+    return ", ".join(names[:most]) + (" ..." if len(names) > most else "")
+
+
 def held_out_indices(names: Sequence[str], held_out: dict, train_fraction: float = 1.0
                      ) -> Tuple[List[int], List[int], List[int]]:
     """Train/validation/test indices of ``names`` with the frames ``held_out`` names
@@ -154,8 +159,8 @@ def held_out_indices(names: Sequence[str], held_out: dict, train_fraction: float
     missing = [nm for part in ("val", "test") for nm in held_out[part] if nm not in where]
     if missing:
         raise TrainingDataError(
-            f"data.held_out names frames the dataset does not have: {', '.join(missing[:5])}"
-            + (" ..." if len(missing) > 5 else "") + " (generate them, or drop them from data.held_out)")
+            f"data.held_out names frames the dataset does not have: {listed_names(missing)} "
+            "(generate them, or drop them from data.held_out)")
     val = [where[nm] for nm in held_out["val"]]
     test = [where[nm] for nm in held_out["test"]]
     taken = set(val) | set(test)

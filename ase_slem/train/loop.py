@@ -38,7 +38,7 @@ from .checkpoint import (DTYPES, build_model, default_dtype, is_model_file, load
 from .config import RESUMABLE_CHANGES, Config, ConfigError, config_differences, load_config
 from .data import (OperatorNormalizer, Sample, TrainingDataError, average_neighbors, check_basis_matches,
                    check_frames, collate, dataset_basis, make_sample, normalized_loss_terms,
-                   onsite_overlap_means, padded_orbital_mask, split_indices, held_out_indices)
+                   onsite_overlap_means, padded_orbital_mask, split_indices, held_out_indices, listed_names)
 from .band_loss import band_reference, batch_band_terms
 from .metrics import MAEAccumulator, UNITS, block_type_names, format_metrics
 
@@ -344,16 +344,16 @@ def _prepare_data(cfg: Config, frames, frame_names, state: Optional[dict], say,
             leak = sorted({names[k] for k in tr_idx} & (set(fixed["val"]) | set(fixed["test"])))
             if leak:
                 raise TrainingDataError(
-                    f"data.held_out would train on frames {cfg.train.init_from} held out: {', '.join(leak[:5])}"
-                    + (" ..." if len(leak) > 5 else "") + "; name them in data.held_out or data.exclude")
+                    f"data.held_out would train on frames {cfg.train.init_from} held out: {listed_names(leak)}; "
+                    "name them in data.held_out or data.exclude")
     elif init is not None:
         fixed = init["dataset"]["split"]
         where = {nm: k for k, nm in enumerate(names)}
         absent = [nm for part in fixed.values() for nm in part if nm not in where]
         if absent:
             raise TrainingDataError(
-                f"train.init_from: frames of its split are not in {cfg.data.path}: {', '.join(absent[:5])}"
-                + (" ..." if len(absent) > 5 else "") + "; fine-tune on the dataset that run was trained on")
+                f"train.init_from: frames of its split are not in {cfg.data.path}: {listed_names(absent)}; "
+                "fine-tune on the dataset that run was trained on")
         tr_idx, va_idx, te_idx = ([where[nm] for nm in fixed[part]] for part in ("train", "val", "test"))
         named = set(tr_idx) | set(va_idx) | set(te_idx)
         extra = [k for k in range(len(names)) if k not in named]
