@@ -6,6 +6,7 @@
     python scripts/make_training_sets.py all
     python scripts/make_training_sets.py si --frames 144 --kinds primitive2_strained   # only the 2-atom cells
     python scripts/make_training_sets.py si --settings configs/data/si_pbe_dzvp_converged.yaml --out ../data/converged
+    python scripts/make_training_sets.py si --frames 168 --only 2 4 10 144-148   # these structures first
 
 Each set is ``OUT/<model name>/``: ``structures.extxyz`` (the sampled geometries, written once
 from a fixed seed, so a rerun computes the same frames), ``frame.NNNNNN/`` (one per structure,
@@ -104,7 +105,8 @@ def molecule_structures(eq: Atoms, hess: np.ndarray, n: int, seed: int) -> list[
 
 
 def make(name: str, out_root: Path, n_frames: int | None, workers: int, threads: int | None = None,
-         kinds: list[str] | None = None, retry_failed: bool = False, settings_file: Path | None = None) -> None:
+         kinds: list[str] | None = None, retry_failed: bool = False, settings_file: Path | None = None,
+         only: list[int] | None = None) -> None:
     settings = load_settings(settings_file or ROOT / "configs" / "data" / f"{name}.yaml")
     folder = out_root / name
     structures_file = folder / "structures.extxyz"
@@ -133,10 +135,31 @@ def make(name: str, out_root: Path, n_frames: int | None, workers: int, threads:
         if unknown:
             raise SystemExit(f"{name}: no structures of kind {unknown}; its kinds are {have}")
         indices = [k for k, a in enumerate(structures) if a.info.get("kind") in kinds]
+    if only is not None:
+        outside = sorted(k for k in only if not 0 <= k < len(structures))
+        if outside:
+            raise SystemExit(f"{name}: --only {outside[:5]} outside the {len(structures)} structures "
+                             f"(0..{len(structures) - 1}); raise --frames")
+        indices = sorted(set(only) & set(indices if indices is not None else range(len(structures))))
     report = generate_dataset(structures, settings, folder, workers=workers, threads_per_worker=threads,
                               indices=indices, retry_failed=retry_failed)
     print(f"{name}: {len(report.written)} frames written, {len(report.skipped)} already there, "
           f"{len(report.failed)} failed, {report.seconds:.0f} s -> {folder}", flush=True)
+
+
+def frame_numbers(text: str) -> list[int]:
+    """Structure numbers from ``"2,4 10-12"``: ``[2, 4, 10, 11, 12]`` (ranges inclusive)."""
+    out = []
+    for part in text.replace(",", " ").split():
+        lo, _, hi = part.partition("-")
+        try:
+            a, b = int(lo), int(hi or lo)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part!r} is not a structure number or range N-M") from None
+        if b < a:
+            raise argparse.ArgumentTypeError(f"range {part!r} runs backwards; write {b}-{a}")
+        out.extend(range(a, b + 1))
+    return out
 
 
 def main(argv=None) -> int:
@@ -150,6 +173,9 @@ def main(argv=None) -> int:
     p.add_argument("--kinds", nargs="+", metavar="KIND",
                    help="compute only structures of these kinds (si: primitive2_strained, cubic8); the others "
                         "keep their frame numbers and can be filled in by a later run")
+    p.add_argument("--only", type=frame_numbers, nargs="+", metavar="N[-M]",
+                   help="compute only these structures (numbers and inclusive ranges, e.g. '2 4 144-167'); "
+                        "with --kinds, those of them of these kinds")
     p.add_argument("--retry-failed", action="store_true",
                    help="compute again the structures failed.jsonl records (left out by default)")
     p.add_argument("--settings", type=Path,
@@ -164,7 +190,7 @@ def main(argv=None) -> int:
                          "sets' folders; pass --out (e.g. ../data/converged)")
     for name in names:
         make(name, Path(args.out), args.frames, args.workers, args.threads, args.kinds, args.retry_failed,
-             args.settings)
+             args.settings, [n for part in args.only for n in part] if args.only else None)
     return 0
 
 
