@@ -6,7 +6,7 @@
     python scripts/make_training_sets.py all
     python scripts/make_training_sets.py si --frames 144 --kinds primitive2_strained   # only the 2-atom cells
     python scripts/make_training_sets.py si --settings configs/data/si_pbe_dzvp_converged.yaml --out ../data/converged
-    python scripts/make_training_sets.py si --frames 168 --only 2 4 10 144-148   # these structures first
+    python scripts/make_training_sets.py si --frames 168 --only 2 4 10 144-148   # only these (frame numbers kept)
 
 Each set is ``OUT/<model name>/``: ``structures.extxyz`` (the sampled geometries, written once
 from a fixed seed, so a rerun computes the same frames), ``frame.NNNNNN/`` (one per structure,
