@@ -67,20 +67,21 @@ def trained_water(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def benchmark_script():
-    """Import a script of ``benchmarks/`` by name (``benchmark_script("model_accuracy")``): they
-    are scripts, not a package, so they are loaded from their file."""
+    """Import a script of ``benchmarks/`` (or of ``folder``, e.g. ``scripts``) by name
+    (``benchmark_script("model_accuracy")``): they are scripts, not a package, so they are loaded
+    from their file."""
     import importlib.util
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1] / "benchmarks"
+    root = Path(__file__).resolve().parents[1]
     loaded = {}
 
-    def load(name: str):
-        if name not in loaded:
-            spec = importlib.util.spec_from_file_location(name, root / f"{name}.py")
+    def load(name: str, folder: str = "benchmarks"):
+        if (folder, name) not in loaded:
+            spec = importlib.util.spec_from_file_location(name, root / folder / f"{name}.py")
             mod = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(mod)
-            loaded[name] = mod
-        return loaded[name]
+            loaded[folder, name] = mod
+        return loaded[folder, name]
 
     return load

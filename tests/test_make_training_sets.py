@@ -2,19 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
-from pathlib import Path
 
 import pytest
 
 
 @pytest.fixture(scope="module")
-def script():
-    path = Path(__file__).resolve().parents[1] / "scripts" / "make_training_sets.py"
-    spec = importlib.util.spec_from_file_location("make_training_sets", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def script(benchmark_script):
+    return benchmark_script("make_training_sets", folder="scripts")
 
 
 def test_frame_numbers_reads_numbers_and_inclusive_ranges(script):
