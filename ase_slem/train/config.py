@@ -145,6 +145,10 @@ class TrainConfig:
         states, this one that the predicted H does not mix them.  Needs band_weight > 0.
     band_gamma: make Gamma one of the band_kpoints k-points of every periodic frame (where
         silicon's valence-band maximum sits, which uniform random k almost never hit).
+    electron_weight: weight of the electron-count term (loss += electron_weight * mean over
+        frames of |Tr(D_pred S_DFT) - Tr(D_DFT S_DFT)| in electrons, over the predicted blocks;
+        0 = off); see :mod:`ase_slem.train.electron_count`.  Needs density_matrix and overlap
+        in data.operators.
     repeat_by_size: each training frame appears round(atoms / atoms of the smallest training
         frame) times per epoch, so that every atom's blocks weigh the same in the loss whatever the
         size of its cell (the loss is a per-frame mean: otherwise an 8-atom cell's blocks weigh a
@@ -183,6 +187,7 @@ class TrainConfig:
     band_skip: int = 0
     band_mixing_weight: float = 0.0
     band_gamma: bool = False
+    electron_weight: float = 0.0
     repeat_by_size: bool = False
     init_from: Optional[str] = None
 
@@ -479,6 +484,10 @@ def validate(cfg: Config) -> list[str]:
         p.append(f"train.band_mixing_weight must be >= 0 (0 = off), got {t.band_mixing_weight}")
     if t.band_mixing_weight > 0 and t.band_weight <= 0:
         p.append("train.band_mixing_weight > 0 needs the band term on (train.band_weight > 0)")
+    if t.electron_weight < 0:
+        p.append(f"train.electron_weight must be >= 0 (0 = off), got {t.electron_weight}")
+    if t.electron_weight > 0 and not {"density_matrix", "overlap"} <= set(d.operators):
+        p.append("train.electron_weight > 0 needs density_matrix and overlap in data.operators")
     if t.band_skip < 0:
         p.append(f"train.band_skip must be >= 0 (the lowest bands left out), got {t.band_skip}")
     if t.num_threads is not None and t.num_threads < 1:

@@ -40,6 +40,7 @@ from .data import (OperatorNormalizer, Sample, TrainingDataError, average_neighb
                    check_frames, collate, dataset_basis, make_sample, normalized_loss_terms,
                    onsite_overlap_means, padded_orbital_mask, split_indices, held_out_indices, listed_names)
 from .band_loss import band_reference, batch_band_terms
+from .electron_count import electron_count_errors
 from .metrics import MAEAccumulator, UNITS, block_type_names, format_metrics
 
 
@@ -176,23 +177,30 @@ def load_frames(path: str | os.PathLike, max_frames: Optional[int] = None, exclu
 
 def _loss(model_out, batch: Sample, normalizers, weights: Dict[str, float], t,
           rng: Optional[np.random.Generator] = None) -> tuple:
-    """(total loss, {operator: term}, band MAE in eV or None).  ``rng`` draws the band
-    term's k-points (None: fixed ones, as in validation)."""
+    """(total loss, {operator: term}, {extra term: value}).  The extra terms, present when
+    their weight is on: "bands", the band MAE (eV), and "electrons", the mean
+    |Tr(D_pred S) - Tr(D S)| per frame (electrons).  ``rng`` draws the band term's k-points
+    (None: fixed ones, as in validation)."""
     total = 0.0
     parts = {}
+    extra: Dict[str, torch.Tensor] = {}
     for op, norm in normalizers.items():
         mae, mse = normalized_loss_terms(norm, model_out, batch, op, t.onsite_weight, t.sigma_power)
         term = t.mae_weight * mae + t.mse_weight * mse
         parts[op] = term
         total = total + weights.get(op, 1.0) * term
-    band = None
     if t.band_weight > 0 and batch.band_refs:
         band, mixing = batch_band_terms(batch.band_refs, model_out, batch, t.band_kpoints, rng,
                                         t.band_mixing_weight > 0, t.band_gamma)
         total = total + t.band_weight * band
+        extra["bands"] = band
         if mixing is not None:
             total = total + t.band_mixing_weight * mixing
-    return total, parts, band
+    if t.electron_weight > 0:
+        electrons = electron_count_errors(model_out, batch).abs().mean()
+        total = total + t.electron_weight * electrons
+        extra["electrons"] = electrons
+    return total, parts, extra
 
 
 def _forward(model, batch: Sample):
@@ -215,34 +223,39 @@ def epoch_entries(samples: Sequence[Sample], repeat_by_size: bool) -> np.ndarray
 def evaluate(model, samples: Sequence[Sample], normalizers, weights, t, symbols, batch_size: int = 1):
     """(mean loss over frames, per-block-type MAE dict) of ``samples`` with the current weights."""
     acc = MAEAccumulator(symbols, model.orbital_mask)
-    losses, bands = [], []
+    losses = []
+    extras: Dict[str, List[float]] = {}
     with torch.no_grad():
         for k in range(0, len(samples), batch_size):
             batch = collate(samples[k : k + batch_size])
             out = _forward(model, batch)
-            loss, _, band = _loss(out, batch, normalizers, weights, t)
+            loss, _, extra = _loss(out, batch, normalizers, weights, t)
             losses.append(float(loss) * len(batch.n_atoms))
-            if band is not None:
-                bands.append(float(band) * len(batch.n_atoms))
+            for name, value in extra.items():
+                extras.setdefault(name, []).append(float(value) * len(batch.n_atoms))
             si, sj = batch.bond_species
             for op in normalizers:
                 acc.add(op, out[op + "_onsite"], batch.targets[op][0], batch.species,
                         out[op + "_bond"], batch.targets[op][1], si, sj)
     n = max(len(samples), 1)
     result = acc.result()
-    if bands:
-        result["bands"] = {"all": 1000.0 * sum(bands) / n, "unit": "meV"}
+    for name, values in extras.items():
+        unit, factor = UNITS[name]
+        result[name] = {"all": factor * sum(values) / n, "unit": unit}
     return (sum(losses) / n if samples else math.nan), result
 
 
 class MetricsCSV:
     """``metrics.csv``: a fixed header (operators x block types), one row per event."""
 
-    def __init__(self, path: Path, operators: Sequence[str], symbols: Sequence[str], bands: bool = False):
+    def __init__(self, path: Path, operators: Sequence[str], symbols: Sequence[str], bands: bool = False,
+                 electrons: bool = False):
         self.path = path
         self.mae_keys = [(op, name) for op in operators for name in ["all"] + block_type_names(symbols)]
         if bands:  # the band term: MAE of the compared band energies (meV)
             self.mae_keys.append(("bands", "all"))
+        if electrons:  # the electron-count term: mean |Tr(D_pred S) - Tr(D S)| per frame
+            self.mae_keys.append(("electrons", "all"))
         self.header = (["step", "epoch", "split", "lr", "loss", "grad_norm", "time_s"]
                        + [f"loss {op}" for op in operators]
                        + [f"mae {op} {name} [{UNITS[op][0]}]" for op, name in self.mae_keys])
@@ -563,7 +576,8 @@ def train(config: Config | str | os.PathLike, *, frames: Optional[Sequence[Frame
             "irreps ({}); model.head_channels (e.g. 16) adds a gated branch that lifts this rank bound".format(
                 model_args["channels"], ", ".join(f"{n} {ir}" for ir, n in bound)))
 
-    csv_log = MetricsCSV(out_dir / "metrics.csv", ops, symbols, bands=t.band_weight > 0)
+    csv_log = MetricsCSV(out_dir / "metrics.csv", ops, symbols, bands=t.band_weight > 0,
+                         electrons=t.electron_weight > 0)
     csv_log.start(keep_up_to=start if state is not None else None)
 
     def snapshot(step: int) -> dict:
@@ -596,7 +610,7 @@ def train(config: Config | str | os.PathLike, *, frames: Optional[Sequence[Frame
             batch = collate([train_s[k] for k in perm[pos * bs : (pos + 1) * bs]])
             lr = schedule.apply(optimizer, s)
             out = _forward(model, batch)
-            loss, parts, band = _loss(out, batch, normalizers, weights, t, np.random.default_rng([t.seed, s, 1]))
+            loss, parts, extra = _loss(out, batch, normalizers, weights, t, np.random.default_rng([t.seed, s, 1]))
             lval = float(loss.detach())
             if not math.isfinite(lval) or (s > 0 and lval > t.divergence_factor * best_train):
                 raise TrainingDiverged(_diverged_message(s + 1, f"loss {lval:.4g} (lowest so far {best_train:.4g}, "
@@ -626,8 +640,8 @@ def train(config: Config | str | os.PathLike, *, frames: Optional[Sequence[Frame
                 acc.add(op, out[op + "_onsite"], batch.targets[op][0], batch.species, out[op + "_bond"],
                         batch.targets[op][1], si, sj)
             mae = {op: {"all": r["all"]} for op, r in acc.result().items()}
-            if band is not None:
-                mae["bands"] = {"all": 1000.0 * float(band.detach())}
+            for name, value in extra.items():
+                mae[name] = {"all": UNITS[name][1] * float(value.detach())}
             csv_log.write(s + 1, epoch, "train", lr, lval, gnorm, time.perf_counter() - t_start,
                           {op: float(v.detach()) for op, v in parts.items()}, mae)
             if progress is not None:

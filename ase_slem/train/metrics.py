@@ -15,7 +15,8 @@ from torch import Tensor
 
 #: unit and factor applied to the operators' native unit (eV for H)
 UNITS = {"hamiltonian": ("meV", 1000.0), "overlap": ("1", 1.0), "density_matrix": ("1", 1.0),
-         "bands": ("meV", 1000.0)}  # bands: the band-energy term of the loss (train.band_weight)
+         "bands": ("meV", 1000.0),  # bands: the band-energy term of the loss (train.band_weight)
+         "electrons": ("1", 1.0)}  # electrons: mean |Tr(D_pred S) - Tr(D S)| per frame (train.electron_weight)
 
 
 def block_type_names(symbols: Sequence[str]) -> list[str]:
