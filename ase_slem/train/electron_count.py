@@ -3,8 +3,8 @@
 The block loss weighs every element of D alike, but the number of electrons a predicted
 density matrix holds, N = Tr(D S) = sum over blocks of <D_ij(R), S_ij(R)>, is a sum of some
 30,000 terms per silicon atom (13 orbitals, about 200 neighbours within 10 Å), so element
-errors far below the loss's resolution add up to a few hundredths of an electron.  This term trains that sum directly:
-for each frame the signed difference
+errors far below the loss's resolution add up to a few hundredths of an electron.  This term
+trains that sum directly: for each frame the signed difference
 
     dN = sum_i <D_pred_ii - D_ii, S_ii> + 2 sum_(i<j or R>0) <D_pred_ij(R) - D_ij(R), S_ij(R)>
 
