@@ -175,6 +175,13 @@ def load_frames(path: str | os.PathLike, max_frames: Optional[int] = None, exclu
     return [read_frame(p) for p in paths], [p.name for p in paths]
 
 
+def extra_terms(t) -> List[str]:
+    """Names of the loss terms beside the operators' that ``t`` (the train section) turns on:
+    "bands" (MAE of the compared band energies) and "electrons" (mean |Tr(D_pred S) - Tr(D S)|
+    per frame), in the order of their metrics columns."""
+    return [name for name, weight in (("bands", t.band_weight), ("electrons", t.electron_weight)) if weight > 0]
+
+
 def _loss(model_out, batch: Sample, normalizers, weights: Dict[str, float], t,
           rng: Optional[np.random.Generator] = None) -> tuple:
     """(total loss, {operator: term}, {extra term: value}).  The extra terms, present when
@@ -248,14 +255,11 @@ def evaluate(model, samples: Sequence[Sample], normalizers, weights, t, symbols,
 class MetricsCSV:
     """``metrics.csv``: a fixed header (operators x block types), one row per event."""
 
-    def __init__(self, path: Path, operators: Sequence[str], symbols: Sequence[str], bands: bool = False,
-                 electrons: bool = False):
+    def __init__(self, path: Path, operators: Sequence[str], symbols: Sequence[str], extras: Sequence[str] = ()):
+        """``extras``: the extra loss terms that are on (:func:`extra_terms`), one column each."""
         self.path = path
         self.mae_keys = [(op, name) for op in operators for name in ["all"] + block_type_names(symbols)]
-        if bands:  # the band term: MAE of the compared band energies (meV)
-            self.mae_keys.append(("bands", "all"))
-        if electrons:  # the electron-count term: mean |Tr(D_pred S) - Tr(D S)| per frame
-            self.mae_keys.append(("electrons", "all"))
+        self.mae_keys += [(name, "all") for name in extras]
         self.header = (["step", "epoch", "split", "lr", "loss", "grad_norm", "time_s"]
                        + [f"loss {op}" for op in operators]
                        + [f"mae {op} {name} [{UNITS[op][0]}]" for op, name in self.mae_keys])
@@ -576,8 +580,7 @@ def train(config: Config | str | os.PathLike, *, frames: Optional[Sequence[Frame
             "irreps ({}); model.head_channels (e.g. 16) adds a gated branch that lifts this rank bound".format(
                 model_args["channels"], ", ".join(f"{n} {ir}" for ir, n in bound)))
 
-    csv_log = MetricsCSV(out_dir / "metrics.csv", ops, symbols, bands=t.band_weight > 0,
-                         electrons=t.electron_weight > 0)
+    csv_log = MetricsCSV(out_dir / "metrics.csv", ops, symbols, extra_terms(t))
     csv_log.start(keep_up_to=start if state is not None else None)
 
     def snapshot(step: int) -> dict:
