@@ -179,3 +179,29 @@ def test_command_line_overrides_change_one_setting_and_are_checked(tmp_path):
         load_config(tmp_path / "c.yaml", ["train.steps"])
     with pytest.raises(ConfigError, match="train.steps"):
         load_config(tmp_path / "c.yaml", ["train.steps=many"])
+
+
+def test_extends_lays_a_stage_over_its_base_and_rejects_bad_chains(tmp_path):
+    import yaml
+
+    base = tiny_config(tmp_path / "run")
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "stage.yaml").write_text(yaml.safe_dump(
+        {"extends": "../base.yaml", "output": str(tmp_path / "run2"), "train": {"steps": 7}}))
+    stage = load_config(tmp_path / "sub" / "stage.yaml", ["train.lr=1e-3"])
+    full = load_config(tmp_path / "base.yaml")
+    assert stage.train.steps == 7 and stage.train.lr == 1e-3 and stage.output == str(tmp_path / "run2")
+    # every other setting, inside the merged train section as well, is the base's
+    assert stage.model == full.model and stage.data == full.data
+    assert stage.train.batch_size == full.train.batch_size and stage.train.seed == full.train.seed
+    (tmp_path / "loop.yaml").write_text(yaml.safe_dump({"extends": "loop.yaml", "train": {"steps": 3}}))
+    with pytest.raises(ConfigError, match="leads back to itself"):
+        load_config(tmp_path / "loop.yaml")
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump({"extends": "b.yaml"}))
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump({"extends": "a.yaml"}))
+    with pytest.raises(ConfigError, match="leads back to itself"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "lost.yaml").write_text(yaml.safe_dump({"extends": "nowhere.yaml"}))
+    with pytest.raises(ConfigError, match="nowhere.yaml does not exist"):
+        load_config(tmp_path / "lost.yaml")

@@ -252,11 +252,37 @@ def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
     return out
 
 
+def merge_configs(base: dict, top: dict) -> dict:
+    """``top`` laid over ``base``: sections (mappings) merge key by key, any other value of
+    ``top`` replaces the base's.  Neither argument is changed."""
+    import copy
+
+    out = copy.deepcopy(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_configs(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
     """Read a ``.yaml``/``.yml`` or ``.toml`` config file and validate it.
 
-    ``overrides``: ``"section.key=value"`` strings applied on top (see :func:`apply_overrides`)."""
-    path = Path(path)
+    A top-level ``extends: other.yaml`` (a path relative to this file's folder) reads that
+    config first and lays this one over it (:func:`merge_configs`), so a training stage states
+    only what it changes.  ``overrides``: ``"section.key=value"`` strings applied on top (see
+    :func:`apply_overrides`)."""
+    raw = _read_raw(Path(path), ())
+    raw = apply_overrides(raw, overrides) if overrides else raw
+    try:
+        return config_from_dict(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def _read_raw(path: Path, chain: tuple) -> dict:
+    """The parsed mapping of config file ``path`` with its ``extends`` chain resolved."""
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     suffix = path.suffix.lower()
@@ -279,11 +305,17 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
         raise ConfigError(f"{path}: unknown config format {suffix!r}; use .yaml, .yml or .toml")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the config must be a mapping with keys name, output, data, model, train")
-    raw = apply_overrides(raw, overrides) if overrides else raw
-    try:
-        return config_from_dict(raw)
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+    if "extends" not in raw:
+        return raw
+    base = raw.pop("extends")
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: extends must be the path of another config file, not {base!r}")
+    base_path = (path.parent / base).resolve()
+    if base_path in chain or base_path == path.resolve():
+        raise ConfigError(f"{path}: extends {base} leads back to itself; a config cannot extend its own descendant")
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: extends {base}, but {base_path} does not exist (paths are relative to {path.parent})")
+    return merge_configs(_read_raw(base_path, chain + (path.resolve(),)), raw)
 
 
 def config_from_dict(raw: dict) -> Config:
