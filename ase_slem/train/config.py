@@ -15,6 +15,7 @@ keys, values of the wrong type and values out of range are all reported together
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import typing
@@ -229,8 +230,6 @@ RESUMABLE_CHANGES = {"train.steps", "train.eval_every", "train.checkpoint_every"
 def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
     """``raw`` with ``"section.key=value"`` settings put in (value parsed as YAML: ``3``,
     ``1e-3``, ``[a, b]``, ``models/x.pt``); a copy, ``raw`` is left alone."""
-    import copy
-
     import yaml
 
     out = copy.deepcopy(raw)
@@ -255,8 +254,6 @@ def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
 def merge_configs(base: dict, top: dict) -> dict:
     """``top`` laid over ``base``: sections (mappings) merge key by key, any other value of
     ``top`` replaces the base's.  Neither argument is changed."""
-    import copy
-
     out = copy.deepcopy(base)
     for key, value in top.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
@@ -311,11 +308,12 @@ def _read_raw(path: Path, chain: tuple) -> dict:
     if not isinstance(base, str):
         raise ConfigError(f"{path}: extends must be the path of another config file, not {base!r}")
     base_path = (path.parent / base).resolve()
-    if base_path in chain or base_path == path.resolve():
+    chain = chain + (path.resolve(),)
+    if base_path in chain:
         raise ConfigError(f"{path}: extends {base} leads back to itself; a config cannot extend its own descendant")
     if not base_path.is_file():
         raise ConfigError(f"{path}: extends {base}, but {base_path} does not exist (paths are relative to {path.parent})")
-    return merge_configs(_read_raw(base_path, chain + (path.resolve(),)), raw)
+    return merge_configs(_read_raw(base_path, chain), raw)
 
 
 def config_from_dict(raw: dict) -> Config:
