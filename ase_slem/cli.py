@@ -473,7 +473,8 @@ def _accuracy_lines(metrics: dict) -> list[str]:
     lines = []
     for section in (k for k in order if metrics.get(k)):
         block = metrics[section]
-        label = {"test": "accuracy (test-set MAE)", "validation": "validation MAE"}.get(section, section)
+        label = {"test": "accuracy (test-set MAE, training's final check)",
+                 "validation": "validation MAE"}.get(section, section)
         lines.append(f"{label}:")
         entries = block.items() if isinstance(block, dict) else [("", block)]
         lines += [f"  {op:<16s} {_metric_text(v)}" for op, v in entries]
@@ -528,7 +529,10 @@ def describe_model(meta: dict, path: Path) -> str:
                      + (f", frames {', '.join(f'{k} {v}' for k, v in frames.items())}" if frames else "")),
     ]
     head = f"{meta.get('name', path.stem)}: {meta.get('description') or '(no description)'}"
-    return "\n".join([head, *(f"{k:<14s} {v}" for k, v in rows), *_accuracy_lines(meta.get("metrics") or {})])
+    card = path.with_suffix(".md")
+    tail = [f"{'model card':<14s} {card}: accuracy against DFT on held-out structures, with the commands "
+            "that reproduce it"] if card.is_file() else []
+    return "\n".join([head, *(f"{k:<14s} {v}" for k, v in rows), *_accuracy_lines(meta.get("metrics") or {}), *tail])
 
 
 def cmd_info(args) -> None:

@@ -204,7 +204,7 @@ def test_info_prints_the_metadata_without_torch(trained_water, capsys):
     assert text.startswith("water_tiny: tiny test model of water")
     for expected in ("species        H, O", "sto-3g: H 1s, O 2s1p", "molecular", "r_cut 3 Å", "xc pbe",
                      "pseudo none (all electron)", "H 1, O 8 per atom", "density_matrix",
-                     f"{meta['network']['n_parameters']} parameters", "format 1", "accuracy (test-set MAE)"):
+                     f"{meta['network']['n_parameters']} parameters", "format 1", "accuracy (test-set MAE, training's final check)"):
         assert expected in text, expected
     mae = meta["metrics"]["test"]["hamiltonian"]["all"]
     assert re.search(rf"hamiltonian\s+{mae:.4g} meV \(onsite H", text)
@@ -222,6 +222,14 @@ def test_info_by_name_and_of_an_untrained_model(models, monkeypatch, capsys):
     text = capsys.readouterr().out
     assert "periodic (crystals)" in text and "Si 2s2p1d" in text and "Si 4 per atom" in text
     assert "accuracy       not measured" in text
+    assert "model card" not in text  # none beside the test model
+    card = models["si"].with_suffix(".md")
+    card.write_text("# Model card: `si_tiny`\n")
+    try:
+        assert main(["info", "si_tiny"]) == 0
+        assert f"model card     {card}: accuracy against DFT" in capsys.readouterr().out
+    finally:
+        card.unlink()  # the model folder is shared by the session's tests
 
 
 def test_model_errors_are_one_line(models, tmp_path, monkeypatch, capsys):
