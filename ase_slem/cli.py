@@ -25,7 +25,7 @@ import sys
 import tempfile
 import textwrap
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -499,6 +499,14 @@ def _electrons_text(meta: dict) -> str:
     return ", ".join(f"{s} {n:g}" for s, n in counts.items()) + " per atom"
 
 
+def _baseline_rows(baseline: Optional[dict]) -> list:
+    if not baseline:
+        return []
+    return [("H baseline", f"the network predicts H - H0; H0 = the {baseline['kind']!r} Kohn–Sham matrix of "
+                           f"superposed atoms ({baseline['xc']}, {baseline['basis']}, grid level "
+                           f"{baseline.get('grids_level')}), one PySCF Fock build per structure, added back")]
+
+
 def describe_model(meta: dict, path: Path) -> str:
     """Readable summary of a model file's metadata (what ``ase-slem info`` prints)."""
     from .basis import shells_to_string
@@ -523,6 +531,7 @@ def describe_model(meta: dict, path: Path) -> str:
         ("DFT settings", _settings_text(meta.get("dft_settings") or {})),
         ("electrons", _electrons_text(meta)),
         ("operators", ", ".join(f"{op} ({units.get(op, '?')})" for op in meta["operators"])),
+        *_baseline_rows(meta.get("hamiltonian_baseline")),
         ("network", f"{net.get('type', '?')}, {net.get('n_parameters', '?')} parameters, {meta['dtype']}, "
                     f"{net.get('weights', '?')} weights"),
         ("training", f"{meta.get('training', {}).get('steps', '?')} steps"

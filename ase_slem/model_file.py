@@ -498,9 +498,13 @@ def blocks_to_operators(outputs: Dict[str, tuple], species: np.ndarray, norb_spe
 
 
 def predict(model: LoadedModel, atoms, *, operators: Optional[Sequence[str]] = None,
-            max_edges: int = MAX_EDGES) -> Dict[str, RealSpaceOperator]:
+            max_edges: int = MAX_EDGES, baseline: bool = True) -> Dict[str, RealSpaceOperator]:
     """Operators of ``atoms`` predicted by ``model``: ``{"hamiltonian": H (eV), "overlap": S,
     "density_matrix": D (spin-summed)}`` (those the model predicts, or ``operators``).
+
+    A model trained on H - H0 (``metadata["hamiltonian_baseline"]``, see
+    :mod:`ase_slem.hamiltonian_baseline`) gets H0 added to its H (needs PySCF); ``baseline=False``
+    returns the network's H - H0 as it is.
 
     The graph is built with the model's cutoffs; large structures are evaluated in chunks of
     at most ``max_edges`` graph edges (memory stays bounded; results are the same).
@@ -523,5 +527,11 @@ def predict(model: LoadedModel, atoms, *, operators: Optional[Sequence[str]] = N
     bi, bj, bR = g.bonds
     norb = np.array([model.orbital_counts[s] for s in model.symbols])
     periodic = bool(np.any(atoms.pbc))
-    return blocks_to_operators(raw, g.species.numpy(), norb, bi, bj, bR,
-                               periodic=periodic, basis=model.basis, symbols=symbols, release=True)
+    result = blocks_to_operators(raw, g.species.numpy(), norb, bi, bj, bR,
+                                 periodic=periodic, basis=model.basis, symbols=symbols, release=True)
+    settings = model.metadata.get("hamiltonian_baseline")
+    if baseline and settings and "hamiltonian" in result:
+        from .hamiltonian_baseline import hamiltonian_baseline
+
+        result["hamiltonian"] = result["hamiltonian"] + hamiltonian_baseline(atoms, settings)
+    return result

@@ -583,6 +583,29 @@ class RealSpaceOperator:
             np.add.at(q, cols.ravel(), prod[mirror].sum(axis=1).ravel())
         return q
 
+    def __add__(self, other: "RealSpaceOperator") -> "RealSpaceOperator":
+        """A + B over the union of both operators' blocks (a block one of them lacks counts as zero);
+        name, basis and symbols are A's."""
+        if not isinstance(other, RealSpaceOperator):
+            return NotImplemented
+        if self.periodic != other.periodic:
+            raise OperatorError(f"cannot add the periodic and the molecular operators {self.name} and {other.name}")
+        i, j, R, blocks = [], [], [], []
+        for grp, a, b in self._aligned(other):
+            sl = slice(grp.start, grp.stop)
+            i.append(self.i[sl]), j.append(self.j[sl]), R.append(self.R[sl]), blocks.extend(a + b)
+        mine = np.sort(_encode(self.i, self.j, self.R, self.natoms))
+        for grp in other._groups:
+            sl = slice(grp.start, grp.stop)
+            keys = _encode(other.i[sl], other.j[sl], other.R[sl], other.natoms)
+            loc = np.clip(np.searchsorted(mine, keys), 0, max(len(mine) - 1, 0))
+            only = (mine[loc] != keys) if len(mine) else np.ones(len(keys), bool)
+            i.append(other.i[sl][only]), j.append(other.j[sl][only]), R.append(other.R[sl][only])
+            blocks.extend(grp.data[only])
+        return RealSpaceOperator.from_blocks(
+            self.orbital_counts, np.concatenate(i), np.concatenate(j), np.concatenate(R), blocks,
+            periodic=self.periodic, name=self.name, basis=self.basis, symbols=self.symbols)
+
     def max_abs_difference(self, other: "RealSpaceOperator") -> float:
         """Largest |A - B| over the blocks of both operators."""
         d1 = max((float(np.abs(a - b).max(initial=0.0)) for _, a, b in self._aligned(other)), default=0.0)

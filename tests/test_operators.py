@@ -184,3 +184,23 @@ def test_distance_shells_partition_the_operator():
     norms = np.concatenate([np.abs(g.data).reshape(len(g.data), -1).max(1) for g in first.groups])
     assert np.all(norms[(d <= 1e-3) | (d > 2.7)] == 0)
     assert np.all(norms[(d > 1e-3) & (d <= 2.7)] > 0)    # first neighbours of Slater-Koster Si couple
+
+
+def test_sum_covers_the_blocks_of_both_operators():
+    """A + B keeps every block either has (a block one lacks counts as zero), so (A + B)(k) =
+    A(k) + B(k) even when the two were cut at different ranges (a network's H within its
+    cutoff plus a baseline over all pairs)."""
+    rng = np.random.default_rng(11)
+    a = RealSpaceOperator.from_blocks(COUNTS, *random_blocks(rng, shifts=SHIFTS[:3]), name="A")
+    b = RealSpaceOperator.from_blocks(COUNTS, *random_blocks(rng, shifts=SHIFTS[1:]), name="B")
+    total = a + b
+    assert total.name == "A" and total.nblocks > max(a.nblocks, b.nblocks)
+    k = rng.random((3, 3))
+    assert np.abs(total.bloch(k) - a.bloch(k) - b.bloch(k)).max() < 1e-12
+    assert np.allclose(total.block(1, 2, (0, 1, 0)), a.block(1, 2, (0, 1, 0)) + b.block(1, 2, (0, 1, 0)))
+    assert np.allclose(total.block(0, 3, (0, 0, 2)), b.block(0, 3, (0, 0, 2)))  # only in B
+    with pytest.raises(OperatorError, match="different structures"):
+        a + RealSpaceOperator.from_blocks([1, 4], [0], [1], [(0, 0, 0)], [np.ones((1, 4))])
+    molecular = RealSpaceOperator.from_blocks(COUNTS, [0], [0], [(0, 0, 0)], [np.ones((1, 1))], periodic=False)
+    with pytest.raises(OperatorError, match="periodic and the molecular"):
+        a + molecular

@@ -38,15 +38,16 @@ from ..basis import Basis, BasisError
 from ..operators import RealSpaceOperator
 from .dataset import DatasetError, Frame
 
-__all__ = ["read", "read_frame", "read_frames", "write", "count_frames", "detect", "is_deeptb_folder", "DeePTBFormatError"]
+__all__ = ["add_operator", "read", "read_frame", "read_frames", "write", "count_frames", "detect", "is_deeptb_folder", "DeePTBFormatError"]
 
 FORMAT_VERSION = 1
 OPERATOR_FILES = {
     "hamiltonian": ("hamiltonians.h5",),
     "overlap": ("overlaps.h5",),
     "density_matrix": ("density_matrices.h5", "DM.h5"),
+    "hamiltonian_baseline": ("hamiltonian_baselines.h5",),  # H0 of a Δ-learning model (ase_slem.hamiltonian_baseline)
 }
-UNITS = {"length": "Angstrom", "hamiltonian": "eV", "overlap": "1", "density_matrix": "1 (spin-summed: Tr(D S) = N_electrons)"}
+UNITS = {"length": "Angstrom", "hamiltonian": "eV", "hamiltonian_baseline": "eV", "overlap": "1", "density_matrix": "1 (spin-summed: Tr(D S) = N_electrons)"}
 
 
 class DeePTBFormatError(DatasetError):
@@ -388,6 +389,31 @@ def write(path: str | os.PathLike, frames: Frame | Sequence[Frame], *, extra_inf
             for n, fr in enumerate(frames):
                 _write_operator(fh.create_group(str(n)), fr.operators[name], fr.atoms.get_chemical_symbols(), basis)
     return folder
+
+
+def add_operator(path: str | os.PathLike, name: str, op: RealSpaceOperator) -> Path:
+    """Add (or replace) operator ``name`` of a one-frame folder ``path``, atomically.
+
+    The file is written beside its destination under a temporary name and renamed into place,
+    so a reader never sees half of it.  The operator must fit the folder's structure and basis.
+    """
+    import h5py
+
+    if name not in OPERATOR_FILES:
+        raise DeePTBFormatError(f"unknown operator {name!r}; known: {', '.join(OPERATOR_FILES)}")
+    folder = _folder(path)
+    frame = read_frame(folder)
+    op.check_structure(frame.atoms)
+    dest = folder / OPERATOR_FILES[name][0]
+    tmp = folder / f".tmp-{dest.name}-{os.getpid()}"
+    try:
+        with h5py.File(tmp, "w") as fh:
+            _write_operator(fh.create_group("0"), op, frame.atoms.get_chemical_symbols(), frame.basis)
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return dest
 
 
 def _deeptb_basis_strings(basis: Basis) -> dict[str, str]:

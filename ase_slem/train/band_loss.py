@@ -159,10 +159,13 @@ def batch_band_terms(refs: Sequence[BandReference], outputs, batch, nk: int,
 
     ``batch`` carries ``n_atoms`` and ``n_bonds`` per frame (frames are consecutive in the
     collated tensors); ``rng`` draws the k-points (None: a fixed seed, for validation);
-    ``gamma`` makes Gamma one of each periodic frame's ``nk`` k-points.
+    ``gamma`` makes Gamma one of each periodic frame's ``nk`` k-points.  When the batch carries a
+    Hamiltonian baseline H0 (``batch.baseline``), the outputs are H - H0 and H0 is added back.
     """
     rng = rng if rng is not None else np.random.default_rng(12345)
     onsite, bonds = outputs["hamiltonian_onsite"], outputs["hamiltonian_bond"]
+    if getattr(batch, "baseline", None) is not None:  # the network predicts H - H0
+        onsite, bonds = onsite + batch.baseline[0], bonds + batch.baseline[1]
     errs: List[Tensor] = []
     mixes: List[Tensor] = []
     a0 = b0 = 0

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from ..hamiltonian_baseline import BASELINE_KINDS
+
 OPERATORS = ("hamiltonian", "overlap", "density_matrix")
 SCHEDULES = ("cosine", "plateau", "constant")
 DTYPES = ("float32", "float64")
@@ -86,6 +88,10 @@ class ModelConfig:
         for 2-3 shells per l (rank-bound); the branch lifts that bound at little cost. A
         fine-tuning stage (``train.init_from``) may add it to a model trained without: it
         starts at zero, so the stage starts from the trained model's predictions.
+    hamiltonian_baseline: ``None`` (the network predicts H) or a baseline kind of
+        :mod:`ase_slem.hamiltonian_baseline` (``"minao"``): the network predicts H - H0 and the
+        calculator adds H0 (PySCF, molecules only). The frames must hold H0
+        (``scripts/add_hamiltonian_baseline.py``).
     """
 
     r_cut: float = _required()
@@ -102,6 +108,7 @@ class ModelConfig:
     lem_decay: float = 1.0
     envelope_p: int = 6
     head_channels: int = 0
+    hamiltonian_baseline: Optional[str] = None
 
 
 @dataclass
@@ -459,6 +466,9 @@ def validate(cfg: Config) -> list[str]:
     for key in ("channels", "n_layers", "num_radial", "latent_dim", "mlp_hidden", "envelope_p"):
         if getattr(m, key) < 1:
             p.append(f"model.{key} must be at least 1, got {getattr(m, key)}")
+    if m.hamiltonian_baseline is not None and m.hamiltonian_baseline not in BASELINE_KINDS:
+        p.append(f"model.hamiltonian_baseline must be null or one of {', '.join(BASELINE_KINDS)}, "
+                 f"got {m.hamiltonian_baseline!r}")
     if m.head_channels < 0:
         p.append(f"model.head_channels must be >= 0 (0 = linear heads), got {m.head_channels}")
     if m.lmax is not None and m.lmax < 0:

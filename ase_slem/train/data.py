@@ -16,7 +16,7 @@ made of; the same statistics go into the network's normalization layers.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -184,7 +184,9 @@ class Sample:
     operator's unit (eV for H); uncovered: operator -> largest |element| of the data's blocks
     that are not predicted (beyond r_bond); n_atoms, n_bonds: atoms and bonds of each frame
     in a batch (frames are consecutive); band_refs: each frame's
-    :class:`~.band_loss.BandReference` when the band loss is on.
+    :class:`~.band_loss.BandReference` when the band loss is on; baseline: (onsite (N, M, M),
+    bonds (P, M, M)) blocks of the Hamiltonian baseline H0 (eV) when the model learns H - H0
+    (``targets["hamiltonian"]`` then holds H - H0), else None.
     """
 
     name: str
@@ -201,6 +203,7 @@ class Sample:
     bond_shift: Tensor = None  # type: ignore[assignment]
     n_bonds: List[int] = field(default_factory=list)
     band_refs: List = field(default_factory=list)
+    baseline: Optional[Tuple[Tensor, Tensor]] = None
 
     @property
     def bond_species(self) -> Tuple[Tensor, Tensor]:
@@ -252,8 +255,11 @@ def padded_orbital_mask(orbital_counts: Sequence[int], max_norb: int) -> Tensor:
 
 
 def make_sample(frame: Frame, name: str, symbols: Sequence[str], max_norb: int, r_graph: float,
-                r_bond: float, operators: Sequence[str], dtype: torch.dtype) -> Sample:
-    """Build the graph of ``frame.atoms`` and gather its target blocks."""
+                r_bond: float, operators: Sequence[str], dtype: torch.dtype, baseline: bool = False) -> Sample:
+    """Build the graph of ``frame.atoms`` and gather its target blocks.
+
+    ``baseline``: the Hamiltonian target is H - H0 with H0 the frame's ``hamiltonian_baseline``,
+    whose blocks the sample keeps (``Sample.baseline``)."""
     atoms = frame.atoms
     try:
         g = build_graph(atoms, symbols, r_graph, r_bond=r_bond, dtype=torch.float64)
@@ -264,14 +270,22 @@ def make_sample(frame: Frame, name: str, symbols: Sequence[str], max_norb: int, 
     onsite_idx = np.arange(n)
     targets: Dict[str, Tuple[Tensor, Tensor]] = {}
     uncovered: Dict[str, float] = {}
+    i = np.concatenate([onsite_idx, bi])
+    j = np.concatenate([onsite_idx, bj])
+    R = np.concatenate([np.zeros((n, 3), np.int64), np.asarray(bR, np.int64).reshape(-1, 3)])
+    h0 = None
+    if baseline:
+        if "hamiltonian_baseline" not in frame.operators:
+            raise TrainingDataError(f"frame {name} has no Hamiltonian baseline (model.hamiltonian_baseline is set): "
+                                    "add it with scripts/add_hamiltonian_baseline.py DATASET")
+        h0, _ = gather_padded_blocks(frame.operators["hamiltonian_baseline"], i, j, R, max_norb)
     for op in operators:
         o = frame.operators[op]
         if o.natoms != n:
             raise TrainingDataError(f"frame {name}: {op} has {o.natoms} atoms, the structure {n}")
-        i = np.concatenate([onsite_idx, bi])
-        j = np.concatenate([onsite_idx, bj])
-        R = np.concatenate([np.zeros((n, 3), np.int64), np.asarray(bR, np.int64).reshape(-1, 3)])
         blocks, unc = gather_padded_blocks(o, i, j, R, max_norb)
+        if op == "hamiltonian" and h0 is not None:
+            blocks = blocks - h0
         targets[op] = (torch.tensor(blocks[:n], dtype=dtype), torch.tensor(blocks[n:], dtype=dtype))
         uncovered[op] = unc
     e = g.bond_index[0]
@@ -289,6 +303,7 @@ def make_sample(frame: Frame, name: str, symbols: Sequence[str], max_norb: int, 
         n_atoms=[n],
         bond_shift=torch.as_tensor(np.asarray(bR, np.int64).reshape(-1, 3)),
         n_bonds=[len(bi)],
+        baseline=None if h0 is None else (torch.tensor(h0[:n], dtype=dtype), torch.tensor(h0[n:], dtype=dtype)),
     )
 
 
@@ -315,6 +330,8 @@ def collate(samples: Sequence[Sample]) -> Sample:
         bond_shift=torch.cat([s.bond_shift for s in samples]),
         n_bonds=[n for s in samples for n in s.n_bonds],
         band_refs=[r for s in samples for r in s.band_refs],
+        baseline=None if samples[0].baseline is None else (
+            torch.cat([s.baseline[0] for s in samples]), torch.cat([s.baseline[1] for s in samples])),
     )
 
 

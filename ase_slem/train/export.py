@@ -139,10 +139,21 @@ def build_metadata(state: Dict[str, Any], name: Optional[str] = None, use_ema: b
                      "split": {k: list(v) for k, v in ds.get("split", {}).items()}, "dataset": ds.get("path"),
                      "config": cfg},
         "metrics": state.get("metrics", {}),
+        "hamiltonian_baseline": _baseline_metadata(cfg, ds.get("settings", {})),
         "inputs": "forward(positions (N,3) Angstrom, species (N,) int64 index into 'species', edge_index (2,E) "
                   "int64, edge_shift (E,3) Angstrom = R @ cell, bond_index (2,P) int64) -> {op_onsite (N,M,M), "
                   "op_bond (P,M,M)}; graph from ase_slem.nn.graph.build_graph(atoms, species, r_graph, r_bond)",
     }
+
+
+def _baseline_metadata(cfg: Dict[str, Any], settings: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The Hamiltonian baseline the network's H is added to (None: the network predicts H)."""
+    kind = cfg.get("model", {}).get("hamiltonian_baseline")
+    if kind is None:
+        return None
+    from ..hamiltonian_baseline import baseline_settings
+
+    return baseline_settings(kind, settings["xc"], settings["basis"], settings.get("grids_level"))
 
 
 def _test_structure(symbols: Sequence[str], r_bond: float, periodic: bool):
@@ -252,7 +263,7 @@ def _self_check(path: Path, model: torch.nn.Module, meta: Dict[str, Any]) -> Non
                     dtype=loaded.torch_dtype)
     with torch.no_grad():
         ref = model(g.positions, g.species, g.edge_index, g.edge_shift, g.bond_index)
-    ops = predict(loaded, atoms)
+    ops = predict(loaded, atoms, baseline=False)
     for op, o in ops.items():
         scale = max(float(ref[op + "_onsite"].abs().max()), 1e-12)
         for a in range(len(atoms)):

@@ -397,7 +397,9 @@ def _prepare_data(cfg: Config, frames, frame_names, state: Optional[dict], say,
     r_bond = m.r_bond if m.r_bond is not None else m.r_cut
     t0 = time.perf_counter()
     dtype = DTYPES[cfg.train.dtype]
-    samples = [make_sample(fr, nm, symbols, max_norb, r_graph, r_bond, ops, dtype) for fr, nm in zip(frames, names)]
+    baseline = cfg.model.hamiltonian_baseline is not None and "hamiltonian" in ops
+    samples = [make_sample(fr, nm, symbols, max_norb, r_graph, r_bond, ops, dtype, baseline)
+               for fr, nm in zip(frames, names)]
     if cfg.train.band_weight > 0:
         mask = padded_orbital_mask([sum(2 * l + 1 for l in basis[el]) for el in symbols], max_norb)
         for fr, sm in zip(frames, samples):
@@ -434,6 +436,8 @@ def _init_state(cfg: Config) -> dict:
     # a stage may add the gated head branch to a model trained without it (it starts at zero)
     linear_heads = not init["model_args"].get("head_channels", 0)
     diffs = [d for d in diffs if not (d[0] == "model.head_channels" and linear_heads)]
+    # ... and switch on a Hamiltonian baseline (the H head is re-scaled to H - H0, see _setup_model)
+    diffs = [d for d in diffs if not (d[0] == "model.hamiltonian_baseline" and d[1] is None)]
     if diffs:
         listed = "; ".join(f"{k}: checkpoint {a!r}, config {b!r}" for k, a, b in diffs)
         raise ConfigError(f"train.init_from: the model section differs from {path}'s ({listed}); copy it from there")
@@ -496,11 +500,19 @@ def _setup_model(cfg: Config, data: _Data, state: Optional[dict], init: Optional
             model = build_model(model_args, t.dtype)
         normalizers = {op: OperatorNormalizer(data.basis) for op in data.operators}
     src = state if state is not None else init
+    # a fine-tuning stage that switches on the Hamiltonian baseline: the H head now predicts H - H0
+    rebased = (init is not None and init["config"]["model"].get("hamiltonian_baseline") is None
+               and m.hamiltonian_baseline is not None)
     for op, norm in normalizers.items():
-        if src is not None and src.get("normalizers"):
+        if src is not None and src.get("normalizers") and not (rebased and op == "hamiltonian"):
             norm.load_state_dict(src["normalizers"][op])
             continue
         norm.fit(data.train, op)
+        if rebased and op == "hamiltonian":
+            head = model.head(op)
+            head.norm_node.set_statistics(norm.mu_node, norm.sigma_node)
+            head.norm_edge.set_statistics(norm.mu_edge, norm.sigma_edge)
+            continue
         if src is not None:  # weights from a model file: only the loss scales are refit
             continue
         if op == "overlap":
