@@ -11,7 +11,9 @@ Properties (``implemented_properties``) are ``"hamiltonian"``, ``"overlap"`` and
 one network pass (D with them if it is asked for first, else by a second pass when it is), and
 cached until positions, cell, atomic numbers or pbc change (ASE's ``check_state``).  With
 ``overlap="exact"`` the overlap is not the network's but the exact two-centre integrals of the
-model's Gaussian basis (:mod:`ase_slem.exact_overlap`).
+model's Gaussian basis (:mod:`ase_slem.exact_overlap`).  A model trained on H - H0 (a
+Hamiltonian baseline, ``ase-slem info`` names it; :mod:`ase_slem.hamiltonian_baseline`) gets H0
+added to its prediction: one PySCF Fock build of superposed atoms per structure (molecules).
 
 With ``kpts`` the calculator also speaks ASE's DFT-calculator interface (eigenvalues on the
 irreducible k-points, weights, Fermi level, occupations), so ``ase.dft.dos.DOS(calc)`` works.
