@@ -53,9 +53,14 @@ def block_mae(model, frames, names, by_size: bool = False):
     mask = padded_orbital_mask([model.orbital_counts[el] for el in model.symbols], model.max_norb)
     acc = MAEAccumulator(model.symbols, mask)
     per_size: dict = {}
+    baseline = model.metadata.get("hamiltonian_baseline")  # the network predicts H - H0: compare with that
     for frame, name in zip(frames, names):
+        if baseline and "hamiltonian_baseline" not in frame.operators:
+            from ase_slem.hamiltonian_baseline import hamiltonian_baseline
+
+            frame.operators["hamiltonian_baseline"] = hamiltonian_baseline(frame.atoms, baseline)
         s = make_sample(frame, name, model.symbols, model.max_norb, model.r_graph, model.r_bond,
-                        model.operators, model.torch_dtype)
+                        model.operators, model.torch_dtype, baseline=bool(baseline))
         with torch.no_grad():
             out = model.module(*s.inputs())
         bi = s.species.index_select(0, s.bond_i)

@@ -91,7 +91,7 @@ def test_a_frame_stores_its_baseline_beside_h(tmp_path, water):
         add_operator(path, "fock", h0)
 
 
-def test_delta_model_learns_h_minus_h0_and_predicts_h(tmp_path):
+def test_delta_model_learns_h_minus_h0_and_predicts_h(tmp_path, benchmark_script):
     from ase_slem.model_file import load_model, predict
     from ase_slem.train.band_loss import batch_band_terms
     from ase_slem.train.data import collate, make_sample
@@ -128,6 +128,16 @@ def test_delta_model_learns_h_minus_h0_and_predicts_h(tmp_path):
     full = predict(model, atoms)["hamiltonian"].to_sparse().toarray()
     net = predict(model, atoms, baseline=False)["hamiltonian"].to_sparse().toarray()
     assert np.allclose(full - net, hamiltonian_baseline(atoms, SETTINGS).to_sparse().toarray(), atol=1e-6)
+    # the accuracy benchmark compares the network with H - H0, whether or not a frame stores H0
+    stored = benchmark_script("model_accuracy").block_mae(model, frames, ["a", "b", "c", "d"])
+    fresh = [read_frame(p) for p in sorted(root.iterdir())]
+    for fr in fresh:
+        del fr.operators["hamiltonian_baseline"]
+    again = benchmark_script("model_accuracy").block_mae(model, fresh, ["a", "b", "c", "d"])
+    dense = [np.abs(predict(model, fr.atoms)["hamiltonian"].to_sparse().toarray()
+                    - fr.operators["hamiltonian"].to_sparse().toarray()).mean() for fr in frames]
+    assert stored["hamiltonian"]["all"] == pytest.approx(again["hamiltonian"]["all"], rel=1e-4)
+    assert stored["hamiltonian"]["all"] < 3 * 1000 * np.mean(dense)  # meV, not the size of H0
     # frames without H0 are a clear error naming the script that adds it
     bare = _water_set(tmp_path / "bare", 3, with_baseline=False)
     cfg_bare = dict(cfg, output=str(tmp_path / "run_bare"), data=dict(cfg["data"], path=str(bare)))
