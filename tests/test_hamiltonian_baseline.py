@@ -21,7 +21,7 @@ from ase_slem.train.checkpoint import load_checkpoint
 from ase_slem.train.config import ConfigError, config_from_dict
 from ase_slem.train.data import TrainingDataError
 
-pytest.importorskip("pyscf")
+pytest.importorskip("pyscf", reason="PySCF (the 'dft' extra) computes H0 and the reference frames")
 torch.set_num_threads(1)
 
 SETTINGS = baseline_settings("minao", "pbe", "sto-3g", 1)

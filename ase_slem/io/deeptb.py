@@ -402,13 +402,15 @@ def add_operator(path: str | os.PathLike, name: str, op: RealSpaceOperator) -> P
     if name not in OPERATOR_FILES:
         raise DeePTBFormatError(f"unknown operator {name!r}; known: {', '.join(OPERATOR_FILES)}")
     folder = _folder(path)
-    frame = read_frame(folder)
-    op.check_structure(frame.atoms)
+    info = _read_info(folder)
+    atoms = _read_structure(folder, info, 0)  # structure and basis only: the other operators stay on disk
+    basis = _read_basis(folder, info.get("ase_slem", {}).get("basis_name", ""))
+    op.check_structure(atoms)
     dest = folder / OPERATOR_FILES[name][0]
     tmp = folder / f".tmp-{dest.name}-{os.getpid()}"
     try:
         with h5py.File(tmp, "w") as fh:
-            _write_operator(fh.create_group("0"), op, frame.atoms.get_chemical_symbols(), frame.basis)
+            _write_operator(fh.create_group("0"), op, atoms.get_chemical_symbols(), basis)
         os.replace(tmp, dest)
     finally:
         if tmp.exists():

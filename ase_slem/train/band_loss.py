@@ -164,7 +164,7 @@ def batch_band_terms(refs: Sequence[BandReference], outputs, batch, nk: int,
     """
     rng = rng if rng is not None else np.random.default_rng(12345)
     onsite, bonds = outputs["hamiltonian_onsite"], outputs["hamiltonian_bond"]
-    if getattr(batch, "baseline", None) is not None:  # the network predicts H - H0
+    if batch.baseline is not None:  # the network predicts H - H0
         onsite, bonds = onsite + batch.baseline[0], bonds + batch.baseline[1]
     errs: List[Tensor] = []
     mixes: List[Tensor] = []
