@@ -9,6 +9,7 @@
     ase-slem formats                        # the DFT layouts that can be read
     ase-slem train CONFIG [--resume]        # train a SLEM model (configs/*.yaml)
     ase-slem export CHECKPOINT -o models/NAME.pt   # TorchScript model file with metadata
+    ase-slem export H.pt:hamiltonian,overlap D.pt:density_matrix -o models/NAME.pt   # one network per operator
     ase-slem data pyscf STRUCTURES --settings S.yaml --out DATASET   # training frames from PySCF
 
 With ``--model``, STRUCTURE is a file ase.io.read understands or a formula: ``ase.build.bulk``
@@ -507,6 +508,12 @@ def _baseline_rows(baseline: Optional[dict]) -> list:
                            f"{baseline.get('grids_level')}), one PySCF Fock build per structure, added back")]
 
 
+def _part_rows(parts: list) -> list:
+    return [(f"  network {k + 1}", f"{', '.join(p['operators'])}: {p['network'].get('n_parameters', '?')} parameters, "
+                                   f"{p.get('training', {}).get('steps', '?')} steps, from {p.get('source', '?')}")
+            for k, p in enumerate(parts)]
+
+
 def describe_model(meta: dict, path: Path) -> str:
     """Readable summary of a model file's metadata (what ``ase-slem info`` prints)."""
     from .basis import shells_to_string
@@ -533,8 +540,11 @@ def describe_model(meta: dict, path: Path) -> str:
         ("operators", ", ".join(f"{op} ({units.get(op, '?')})" for op in meta["operators"])),
         *_baseline_rows(meta.get("hamiltonian_baseline")),
         ("network", f"{net.get('type', '?')}, {net.get('n_parameters', '?')} parameters, {meta['dtype']}, "
-                    f"{net.get('weights', '?')} weights"),
-        ("training", f"{meta.get('training', {}).get('steps', '?')} steps"
+                    f"{net.get('weights', '?')} weights"
+                    + (f", {len(net['parts'])} networks (one per group of operators)" if net.get("parts") else "")),
+        *_part_rows(net.get("parts") or []),
+        ("training", (f"{meta['training']['steps']} steps" if "steps" in meta.get("training", {}) else
+                      "per network, above")
                      + (f", frames {', '.join(f'{k} {v}' for k, v in frames.items())}" if frames else "")),
     ]
     head = f"{meta.get('name', path.stem)}: {meta.get('description') or '(no description)'}"
@@ -576,11 +586,32 @@ def cmd_train(args) -> None:
         print(f"wrote {result.checkpoint} (step {result.step}), {result.best_checkpoint} and {result.metrics_csv}")
 
 
+def _export_part(text: str) -> tuple:
+    """'PATH:op,op' -> (PATH, [op, op]); a bare PATH -> (PATH, None)."""
+    from .model_file import OPERATOR_NAMES
+
+    path, sep, ops = text.rpartition(":")
+    names = [o.strip() for o in ops.split(",")] if sep else []
+    if not sep or not path or any(o not in OPERATOR_NAMES for o in names):
+        return text, None
+    return path, names
+
+
 def cmd_export(args) -> None:
     from .train import export_checkpoint
+    from .train.export import export_union
 
-    out = export_checkpoint(args.checkpoint, args.output, use_ema=not args.raw_weights, name=args.name,
-                            recommended_overlap=args.recommend_overlap)
+    parts = [_export_part(p) for p in args.checkpoint]
+    if len(parts) == 1 and parts[0][1] is None:
+        out = export_checkpoint(parts[0][0], args.output, use_ema=not args.raw_weights, name=args.name,
+                                recommended_overlap=args.recommend_overlap)
+    else:
+        bare = [p for p, ops in parts if ops is None]
+        if bare:
+            raise CommandError(f"{bare[0]}: with several networks, name the operators each gives, e.g. "
+                               "runs/h/checkpoints/last.pt:hamiltonian,overlap models/d.pt:density_matrix")
+        out = export_union(parts, args.output, use_ema=not args.raw_weights, name=args.name,
+                           recommended_overlap=args.recommend_overlap)
     from .model_file import read_metadata
 
     meta = read_metadata(out)
@@ -741,8 +772,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "--set train.init_from=models/si_pbe_dzvp.pt (repeatable; values read as YAML)")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("export", help="write a checkpoint as a TorchScript model file with its metadata")
-    e.add_argument("checkpoint", help="training checkpoint (e.g. runs/NAME/checkpoints/last.pt)")
+    e = sub.add_parser("export", help="write a checkpoint as a TorchScript model file with its metadata",
+                       description="Write a training checkpoint as a TorchScript model file with its metadata. "
+                                   "Several networks can make one file, each giving the operators named after "
+                                   "its path: ase-slem export runs/h/checkpoints/last.pt:hamiltonian,overlap "
+                                   "models/d.pt:density_matrix -o models/NAME.pt")
+    e.add_argument("checkpoint", nargs="+",
+                   help="training checkpoint (e.g. runs/NAME/checkpoints/last.pt); or several, each as "
+                        "PATH:OPERATORS (checkpoints or model files; operators comma-separated)")
     e.add_argument("-o", "--output", required=True, help="model file to write (e.g. models/NAME.pt)")
     e.add_argument("--name", help="model name in the metadata (default: the config's name)")
     e.add_argument("--raw-weights", action="store_true", help="export the raw weights instead of their moving average")

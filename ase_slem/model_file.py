@@ -298,10 +298,12 @@ def set_edge_chunk(model: LoadedModel, edge_chunk: int) -> bool:
     at once).  The result is the same; on big structures it is faster, because the
     intermediates of one run stay in the CPU caches (``benchmarks/bench_model.py``).  Returns
     False for model files exported before the setting existed (they run unchunked)."""
-    net = getattr(model.module, "model", None)
-    if net is None or not hasattr(net, "edge_chunk"):
+    parts = getattr(model.module, "parts", None)  # a union of networks (train.export.ScriptedSLEMUnion)
+    nets = list(parts.children()) if parts is not None else [getattr(model.module, "model", None)]
+    if any(net is None or not hasattr(net, "edge_chunk") for net in nets):
         return False
-    net.edge_chunk = int(edge_chunk)
+    for net in nets:
+        net.edge_chunk = int(edge_chunk)
     return True
 
 

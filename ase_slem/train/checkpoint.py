@@ -161,6 +161,10 @@ def state_from_model_file(path: str | os.PathLike) -> Dict[str, Any]:
 
     meta = read_metadata(path)
     net, training = meta.get("network", {}), meta.get("training", {})
+    if net.get("parts"):
+        sources = ", ".join(f"{p.get('source')} ({', '.join(p.get('operators', []))})" for p in net["parts"])
+        raise CheckpointError(f"{path} joins {len(net['parts'])} networks ({sources}); fine-tune one of them "
+                              "and export the union again")
     if "args" not in net or "config" not in training or not training.get("split"):
         raise CheckpointError(
             f"{path}: the metadata lacks the network settings, training config or split that fine-tuning "

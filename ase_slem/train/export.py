@@ -21,13 +21,13 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ..model_file import FORMAT_VERSION, METADATA_NAME, MODEL_FORMAT, load_model, predict
+from ..model_file import FORMAT_VERSION, METADATA_NAME, MODEL_FORMAT, OPERATOR_NAMES, load_model, predict
 from .checkpoint import build_model, is_model_file, load_checkpoint, state_from_model_file
 from .._files import publish
 
@@ -62,6 +62,68 @@ class ScriptedSLEM(torch.nn.Module):
         dt = self.dtype_probe.dtype
         return self.model.directed_blocks(positions.to(dt), species, edge_index, edge_shift.to(dt), bond_edges,
                                           nodes.to(dt))
+
+
+class ScriptedSLEMUnion(torch.nn.Module):
+    """Several networks on one graph, each giving some of the operators: e.g. H and S from a
+    network trained on H - H0, D from one trained for D (the SLEM paper trains one network per
+    operator; one network for all of them shares its features between their losses).
+
+    The outputs, ``node_features`` and ``directed_blocks`` are those of :class:`ScriptedSLEM`;
+    the node features of the parts travel side by side, flattened, as ``(1, N, sum of
+    layers * width)``."""
+
+    def __init__(self, models: Sequence[torch.nn.Module], operators: Sequence[Sequence[str]],
+                 node_shapes: Sequence[Sequence[int]], dtype: torch.dtype):
+        super().__init__()
+        self.parts = torch.nn.ModuleList(models)
+        self.keep: List[List[str]] = [[op + suffix for op in ops for suffix in ("_onsite", "_bond", "_directed")]
+                                      for ops in operators]
+        self.node_layers: List[int] = [int(s[0]) for s in node_shapes]
+        self.node_widths: List[int] = [int(s[1]) for s in node_shapes]
+        self.register_buffer("dtype_probe", torch.zeros(0, dtype=dtype))
+
+    def forward(self, positions: Tensor, species: Tensor, edge_index: Tensor, edge_shift: Tensor,
+                bond_index: Tensor) -> Dict[str, Tensor]:
+        dt = self.dtype_probe.dtype
+        out: Dict[str, Tensor] = {}
+        k = 0
+        for part in self.parts:
+            res = part(positions.to(dt), species, edge_index, edge_shift.to(dt), bond_index)
+            for key in self.keep[k]:
+                if key in res:
+                    out[key] = res[key]
+            k += 1
+        return out
+
+    @torch.jit.export
+    def node_features(self, positions: Tensor, species: Tensor, edge_index: Tensor, edge_shift: Tensor) -> Tensor:
+        dt = self.dtype_probe.dtype
+        flat: List[Tensor] = []
+        for part in self.parts:
+            nodes = part.node_features(positions.to(dt), species, edge_index, edge_shift.to(dt))
+            flat.append(nodes.permute(1, 0, 2).reshape(nodes.shape[1], -1))
+        return torch.cat(flat, dim=1).unsqueeze(0)
+
+    @torch.jit.export
+    def directed_blocks(self, positions: Tensor, species: Tensor, edge_index: Tensor, edge_shift: Tensor,
+                        bond_edges: Tensor, nodes: Tensor) -> Dict[str, Tensor]:
+        dt = self.dtype_probe.dtype
+        flat = nodes[0].to(dt)
+        out: Dict[str, Tensor] = {}
+        k = 0
+        start = 0
+        for part in self.parts:
+            layers, width = self.node_layers[k], self.node_widths[k]
+            mine = flat[:, start:start + layers * width].reshape(flat.shape[0], layers, width).permute(1, 0, 2)
+            res = part.directed_blocks(positions.to(dt), species, edge_index, edge_shift.to(dt), bond_edges,
+                                       mine.contiguous())
+            for key in self.keep[k]:
+                if key in res:
+                    out[key] = res[key]
+            start += layers * width
+            k += 1
+        return out
 
 
 def pyscf_radial_basis(basis_name: str, shells: Dict[str, Sequence[int]]) -> Dict[str, Any]:
@@ -190,12 +252,16 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
                 p.copy_(s)
     meta = build_metadata(state, name=name, use_ema=use_ema)
     if recommended_overlap is not None:
-        if recommended_overlap not in ("model", "exact"):
-            raise ExportError(f"recommended_overlap must be 'model' or 'exact', not {recommended_overlap!r}")
-        if recommended_overlap == "exact" and not meta["basis"]["radial"]:
-            raise ExportError("recommended_overlap='exact' needs a Gaussian basis with radial functions in the checkpoint")
+        _check_recommended_overlap(recommended_overlap, meta)
         meta["recommended_overlap"] = recommended_overlap
     return export_model(model, output, meta, check=check)
+
+
+def _check_recommended_overlap(value: str, meta: Dict[str, Any]) -> None:
+    if value not in ("model", "exact"):
+        raise ExportError(f"recommended_overlap must be 'model' or 'exact', not {value!r}")
+    if value == "exact" and not meta["basis"]["radial"]:
+        raise ExportError("recommended_overlap='exact' needs a Gaussian basis with radial functions in the checkpoint")
 
 
 def reexport_model_file(path: str | os.PathLike, output: str | os.PathLike, *, check: bool = True,
@@ -211,6 +277,108 @@ def reexport_model_file(path: str | os.PathLike, output: str | os.PathLike, *, c
     if recommended_overlap is not None:
         meta["recommended_overlap"] = recommended_overlap
     return export_model(model, output, meta, check=check)
+
+
+def _load_part(path: str | os.PathLike, use_ema: bool) -> Tuple[torch.nn.Module, Dict[str, Any]]:
+    """(eager network, its metadata) of a checkpoint or a one-network model file."""
+    if is_model_file(path):
+        state = state_from_model_file(path)
+        model = build_model(state["model_args"], state["dtype"])
+        model.load_state_dict(state["model"])
+        return model, state["metadata"]
+    state = load_checkpoint(path)
+    model = build_model(state["model_args"], state["dtype"])
+    model.load_state_dict(state["model"])
+    if use_ema and state.get("ema"):
+        with torch.no_grad():
+            for p, s in zip(model.parameters(), state["ema"]["shadow"]):
+                p.copy_(s)
+    return model, build_metadata(state, use_ema=use_ema)
+
+
+# what the parts of a union must share, as (metadata key path, what it is)
+_SHARED = ((("species",), "species"), (("basis", "shells"), "basis shells"), (("basis", "name"), "basis name"),
+           (("cutoffs",), "cutoffs"), (("periodic",), "periodic or molecular"), (("dft_settings",), "DFT settings"),
+           (("dtype",), "dtype"), (("training", "split", "validation"), "validation frames"),
+           (("training", "split", "test"), "test frames"))
+
+
+def _dig(meta: Dict[str, Any], keys: Sequence[str]):
+    for k in keys:
+        meta = meta.get(k) if isinstance(meta, dict) else None
+    return meta
+
+
+def export_union(parts: Sequence[Tuple[str | os.PathLike, Sequence[str]]], output: str | os.PathLike, *,
+                 use_ema: bool = True, name: Optional[str] = None, check: bool = True,
+                 recommended_overlap: Optional[str] = None) -> Path:
+    """One model file from several networks, each giving the operators listed with it:
+    ``parts = [("runs/h/checkpoints/last.pt", ["hamiltonian", "overlap"]), ("models/d.pt",
+    ["density_matrix"])]`` (checkpoints or one-network model files).
+
+    The parts must share species, basis, cutoffs, DFT settings, dtype and the validation and
+    test frames (so the stored errors stay held-out); each operator comes from one part.  The
+    metadata's metrics of an operator are those of the part that gives it (the band errors
+    follow H, the electron count D); ``network.parts`` lists every part with its settings and
+    training record.  Such a file cannot be fine-tuned: fine-tune a part and export again.
+    """
+    if not parts:
+        raise ExportError("no networks given")
+    loaded = [(_load_part(path, use_ema), [str(op) for op in ops], str(path)) for path, ops in parts]
+    metas = [meta for (_, meta), _, _ in loaded]
+    for (_, meta), ops, path in loaded:
+        if not ops:
+            raise ExportError(f"{path}: name the operators to take from it (it predicts {', '.join(meta['operators'])})")
+        missing = [op for op in ops if op not in meta["operators"]]
+        if missing:
+            raise ExportError(f"{path} does not predict {', '.join(missing)} (it predicts {', '.join(meta['operators'])})")
+        for keys, what in _SHARED:
+            if _dig(meta, keys) != _dig(metas[0], keys):
+                raise ExportError(f"{path} and {loaded[0][2]} differ in their {what} ({_dig(meta, keys)!r} against "
+                                  f"{_dig(metas[0], keys)!r}); the networks of one model file must share them")
+    taken = [op for _, ops, _ in loaded for op in ops]
+    twice = sorted({op for op in taken if taken.count(op) > 1})
+    if twice:
+        raise ExportError(f"{', '.join(twice)} is taken from more than one network; take each operator from one")
+    source = {op: k for k, (_, ops, _) in enumerate(loaded) for op in ops}
+    first = metas[0]
+    from .. import __version__
+
+    meta = dict(first, name=name or first["name"], operators=[op for op in OPERATOR_NAMES if op in source],
+                created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                ase_slem_version=__version__, torch_version=torch.__version__)
+    h_meta = metas[source["hamiltonian"]] if "hamiltonian" in source else {}
+    meta["hamiltonian_baseline"] = h_meta.get("hamiltonian_baseline")
+    meta["network"] = {
+        "type": first["network"]["type"], "weights": first["network"].get("weights"),
+        "n_parameters": int(sum(m["network"].get("n_parameters", 0) for m in metas)),
+        "parts": [{"operators": ops, "source": path, "network": m["network"], "training": m.get("training", {}),
+                   "hamiltonian_baseline": m.get("hamiltonian_baseline")} for (_, m), ops, path in loaded],
+    }
+    meta["training"] = {k: v for k, v in first.get("training", {}).items() if k in ("frames", "split", "dataset")}
+    follows = {"bands": "hamiltonian", "electrons": "density_matrix"}
+    meta["metrics"] = {}
+    for split in {s for m in metas for s in (m.get("metrics") or {})}:
+        merged = {}
+        for key in {k for m in metas for k in (m.get("metrics") or {}).get(split, {})}:
+            k = source.get(follows.get(key, key))
+            if k is not None and key in (metas[k].get("metrics") or {}).get(split, {}):
+                merged[key] = metas[k]["metrics"][split][key]
+        meta["metrics"][split] = merged
+    meta.pop("recommended_overlap", None)
+    if recommended_overlap is not None:
+        _check_recommended_overlap(recommended_overlap, meta)
+        meta["recommended_overlap"] = recommended_overlap
+    models = [model.eval() for (model, _), _, _ in loaded]
+    dtype = next(models[0].parameters()).dtype
+    probe = _test_structure(meta["species"], meta["cutoffs"]["r_bond"], meta["periodic"])
+    from ..nn.graph import build_graph
+
+    g = build_graph(probe, meta["species"], meta["cutoffs"]["r_graph"], r_bond=meta["cutoffs"]["r_bond"], dtype=dtype)
+    with torch.no_grad():
+        shapes = [tuple(m.node_features(g.positions, g.species, g.edge_index, g.edge_shift).shape[::2]) for m in models]
+    wrapper = ScriptedSLEMUnion(models, [ops for _, ops, _ in loaded], shapes, dtype)
+    return _write_scripted(wrapper, output, meta, [(m, ops) for m, (_, ops, _) in zip(models, loaded)], check)
 
 
 def untrained_metadata(model: torch.nn.Module, name: str = "untrained", r_bond: Optional[float] = None,
@@ -234,7 +402,13 @@ def export_model(model: torch.nn.Module, output: str | os.PathLike, metadata: Di
     """
     dtype = next(model.parameters()).dtype
     model.eval()
-    wrapper = ScriptedSLEM(model, dtype)
+    return _write_scripted(ScriptedSLEM(model, dtype), output, metadata, [(model, list(metadata["operators"]))], check)
+
+
+def _write_scripted(wrapper: torch.nn.Module, output: str | os.PathLike, metadata: Dict[str, Any],
+                    parts: Sequence[Tuple[torch.nn.Module, Sequence[str]]], check: bool) -> Path:
+    """Script ``wrapper``, save it with ``metadata`` under a temporary name, check it against
+    the eager networks ``parts`` (each with the operators it gives) and move it to ``output``."""
     try:
         scripted = torch.jit.script(wrapper)
     except Exception as exc:  # noqa: BLE001
@@ -246,7 +420,7 @@ def export_model(model: torch.nn.Module, output: str | os.PathLike, metadata: Di
     try:
         torch.jit.save(scripted, tmp, _extra_files={METADATA_NAME: json.dumps(metadata, indent=1, default=str)})
         if check:
-            _self_check(Path(tmp), model, metadata)
+            _self_check(Path(tmp), parts, metadata)
         publish(tmp, output)
     finally:
         if os.path.exists(tmp):
@@ -254,22 +428,24 @@ def export_model(model: torch.nn.Module, output: str | os.PathLike, metadata: Di
     return output
 
 
-def _self_check(path: Path, model: torch.nn.Module, meta: Dict[str, Any]) -> None:
+def _self_check(path: Path, parts: Sequence[Tuple[torch.nn.Module, Sequence[str]]], meta: Dict[str, Any]) -> None:
     from ..nn.graph import build_graph
 
     loaded = load_model(path)
     atoms = _test_structure(meta["species"], meta["cutoffs"]["r_bond"], meta["periodic"])
     g = build_graph(atoms, meta["species"], meta["cutoffs"]["r_graph"], r_bond=meta["cutoffs"]["r_bond"],
                     dtype=loaded.torch_dtype)
-    with torch.no_grad():
-        ref = model(g.positions, g.species, g.edge_index, g.edge_shift, g.bond_index)
     ops = predict(loaded, atoms, baseline=False)
-    for op, o in ops.items():
-        scale = max(float(ref[op + "_onsite"].abs().max()), 1e-12)
-        for a in range(len(atoms)):
-            n = o.orbital_counts[a]
-            diff = np.abs(o.block(a, a) - ref[op + "_onsite"][a, :n, :n].double().numpy()).max()
-            if not diff <= 1e-4 * scale + 1e-6:
-                raise ExportError(f"exported model differs from the network for {op} (by {diff:.3g}); export aborted")
-    if not all(math.isfinite(float(v.abs().sum())) for v in ref.values()):
-        raise ExportError("the network produces non-finite values; the checkpoint is broken")
+    for model, given in parts:
+        with torch.no_grad():
+            ref = model(g.positions, g.species, g.edge_index, g.edge_shift, g.bond_index)
+        if not all(math.isfinite(float(v.abs().sum())) for v in ref.values()):
+            raise ExportError("the network produces non-finite values; the checkpoint is broken")
+        for op in given:
+            o = ops[op]
+            scale = max(float(ref[op + "_onsite"].abs().max()), 1e-12)
+            for a in range(len(atoms)):
+                n = o.orbital_counts[a]
+                diff = np.abs(o.block(a, a) - ref[op + "_onsite"][a, :n, :n].double().numpy()).max()
+                if not diff <= 1e-4 * scale + 1e-6:
+                    raise ExportError(f"exported model differs from the network for {op} (by {diff:.3g}); export aborted")
