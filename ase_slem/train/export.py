@@ -244,12 +244,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
     if is_model_file(checkpoint):
         return reexport_model_file(checkpoint, output, check=check, recommended_overlap=recommended_overlap)
     state = load_checkpoint(checkpoint)
-    model = build_model(state["model_args"], state["dtype"])
-    model.load_state_dict(state["model"])
-    if use_ema and state.get("ema"):
-        with torch.no_grad():
-            for p, s in zip(model.parameters(), state["ema"]["shadow"]):
-                p.copy_(s)
+    model = _network(state, use_ema)
     meta = build_metadata(state, name=name, use_ema=use_ema)
     if recommended_overlap is not None:
         _check_recommended_overlap(recommended_overlap, meta)
@@ -271,8 +266,7 @@ def reexport_model_file(path: str | os.PathLike, output: str | os.PathLike, *, c
     from .. import __version__
 
     state = state_from_model_file(path)
-    model = build_model(state["model_args"], state["dtype"])
-    model.load_state_dict(state["model"])
+    model = _network(state)
     meta = dict(state["metadata"], ase_slem_version=__version__, torch_version=torch.__version__)
     if recommended_overlap is not None:
         meta["recommended_overlap"] = recommended_overlap
@@ -283,17 +277,21 @@ def _load_part(path: str | os.PathLike, use_ema: bool) -> Tuple[torch.nn.Module,
     """(eager network, its metadata) of a checkpoint or a one-network model file."""
     if is_model_file(path):
         state = state_from_model_file(path)
-        model = build_model(state["model_args"], state["dtype"])
-        model.load_state_dict(state["model"])
-        return model, state["metadata"]
+        return _network(state), state["metadata"]
     state = load_checkpoint(path)
+    return _network(state, use_ema), build_metadata(state, use_ema=use_ema)
+
+
+def _network(state: Dict[str, Any], use_ema: bool = False) -> torch.nn.Module:
+    """The eager network of a checkpoint (or of :func:`state_from_model_file`'s state), with
+    its moving-average weights when ``use_ema`` and the state has them."""
     model = build_model(state["model_args"], state["dtype"])
     model.load_state_dict(state["model"])
     if use_ema and state.get("ema"):
         with torch.no_grad():
             for p, s in zip(model.parameters(), state["ema"]["shadow"]):
                 p.copy_(s)
-    return model, build_metadata(state, use_ema=use_ema)
+    return model
 
 
 # what the parts of a union must share, as (metadata key path, what it is)
