@@ -58,6 +58,11 @@ def test_each_operator_comes_from_its_network_whole_and_in_pieces(runs):
     for op in whole:
         assert whole[op].max_abs_difference(pieces[op]) < 2e-5
     assert set_edge_chunk(union, 7) and [p.edge_chunk for p in union.module.parts.children()] == [7, 7]
+    # a part may be an exported model file (its weights are the checkpoint's averaged ones)
+    from_file = load_model(export_union([(root / "a.pt", ["hamiltonian"]), (b, ["overlap"])], root / "union2.pt"))
+    again = predict(from_file, atoms)
+    for op in whole:
+        assert whole[op].max_abs_difference(again[op]) < 1e-6
 
 
 def test_metadata_lists_the_parts_and_keeps_each_operators_errors(runs, capsys):
