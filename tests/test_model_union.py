@@ -23,7 +23,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Two tiny networks on the same frames and split, of different sizes (node features of
-    different layers and widths), and a third with another cutoff."""
+    different layers and widths), a third with another cutoff, a fourth with another split."""
     root = tmp_path_factory.mktemp("union")
     frames = sk_silicon_frames(5, seed=60)
     a = train(config_from_dict(tiny_config(root / "a", train={"steps": 6, "seed": 1})), frames=frames, log=quiet)
@@ -31,7 +31,9 @@ def runs(tmp_path_factory):
                                            train={"steps": 6, "seed": 2})), frames=frames, log=quiet)
     c = train(config_from_dict(tiny_config(root / "c", model={"r_cut": 3.4}, train={"steps": 2})),
               frames=frames, log=quiet)
-    return root, a.checkpoint, b.checkpoint, c.checkpoint
+    d = train(config_from_dict(tiny_config(root / "d", data={"split_seed": 3}, train={"steps": 2})),
+              frames=frames, log=quiet)
+    return root, a.checkpoint, b.checkpoint, c.checkpoint, d.checkpoint
 
 
 def rattled_si(reps=(2, 2, 1)):
@@ -41,7 +43,7 @@ def rattled_si(reps=(2, 2, 1)):
 
 
 def test_each_operator_comes_from_its_network_whole_and_in_pieces(runs):
-    root, a, b, _ = runs
+    root, a, b, _, _ = runs
     path = export_union([(a, ["hamiltonian"]), (b, ["overlap"])], root / "union.pt")
     union = load_model(path)
     alone_a = load_model(export_checkpoint(a, root / "a.pt"))
@@ -68,7 +70,7 @@ def test_each_operator_comes_from_its_network_whole_and_in_pieces(runs):
 def test_metadata_lists_the_parts_and_keeps_each_operators_errors(runs, capsys):
     from ase_slem.cli import main
 
-    root, a, b, _ = runs
+    root, a, b, _, _ = runs
     out = root / "cli_union.pt"
     assert main(["export", f"{a}:hamiltonian", f"{b}:overlap", "-o", str(out), "--name", "si_union"]) == 0
     assert "si_union" in capsys.readouterr().out
@@ -91,9 +93,12 @@ def test_metadata_lists_the_parts_and_keeps_each_operators_errors(runs, capsys):
 def test_parts_that_do_not_fit_together_are_refused(runs, capsys):
     from ase_slem.cli import main
 
-    root, a, b, c = runs
+    root, a, b, c, d = runs
     with pytest.raises(ExportError, match="differ in their cutoffs"):
         export_union([(a, ["hamiltonian"]), (c, ["overlap"])], root / "x.pt")
+    # errors measured on frames the other network trained on would not be held-out errors
+    with pytest.raises(ExportError, match="differ in their (validation|test) frames"):
+        export_union([(a, ["hamiltonian"]), (d, ["overlap"])], root / "x.pt")
     with pytest.raises(ExportError, match="taken from more than one network"):
         export_union([(a, ["hamiltonian", "overlap"]), (b, ["overlap"])], root / "x.pt")
     with pytest.raises(ExportError, match="does not predict density_matrix"):

@@ -297,7 +297,7 @@ def _network(state: Dict[str, Any], use_ema: bool = False) -> torch.nn.Module:
 # what the parts of a union must share, as (metadata key path, what it is)
 _SHARED = ((("species",), "species"), (("basis", "shells"), "basis shells"), (("basis", "name"), "basis name"),
            (("cutoffs",), "cutoffs"), (("periodic",), "periodic or molecular"), (("dft_settings",), "DFT settings"),
-           (("dtype",), "dtype"), (("training", "split", "validation"), "validation frames"),
+           (("dtype",), "dtype"), (("training", "split", "val"), "validation frames"),
            (("training", "split", "test"), "test frames"))
 
 
