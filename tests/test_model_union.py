@@ -33,6 +33,8 @@ def runs(tmp_path_factory):
               frames=frames, log=quiet)
     d = train(config_from_dict(tiny_config(root / "d", data={"split_seed": 3}, train={"steps": 2})),
               frames=frames, log=quiet)
+    export_checkpoint(a.checkpoint, root / "a.pt")  # a and b alone, as one-network model files
+    export_checkpoint(b.checkpoint, root / "b.pt")
     return root, a.checkpoint, b.checkpoint, c.checkpoint, d.checkpoint
 
 
@@ -46,8 +48,7 @@ def test_each_operator_comes_from_its_network_whole_and_in_pieces(runs):
     root, a, b, _, _ = runs
     path = export_union([(a, ["hamiltonian"]), (b, ["overlap"])], root / "union.pt")
     union = load_model(path)
-    alone_a = load_model(export_checkpoint(a, root / "a.pt"))
-    alone_b = load_model(export_checkpoint(b, root / "b.pt"))
+    alone_a, alone_b = load_model(root / "a.pt"), load_model(root / "b.pt")
     atoms = rattled_si()
     whole = predict(union, atoms)
     assert set(whole) == {"hamiltonian", "overlap"}
@@ -75,7 +76,7 @@ def test_metadata_lists_the_parts_and_keeps_each_operators_errors(runs, capsys):
     assert main(["export", f"{a}:hamiltonian", f"{b}:overlap", "-o", str(out), "--name", "si_union"]) == 0
     assert "si_union" in capsys.readouterr().out
     meta = load_model(out).metadata
-    ma, mb = load_model(export_checkpoint(a, root / "a2.pt")).metadata, load_model(export_checkpoint(b, root / "b2.pt")).metadata
+    ma, mb = load_model(root / "a.pt").metadata, load_model(root / "b.pt").metadata
     assert meta["operators"] == ["hamiltonian", "overlap"]
     assert [p["operators"] for p in meta["network"]["parts"]] == [["hamiltonian"], ["overlap"]]
     assert meta["network"]["n_parameters"] == ma["network"]["n_parameters"] + mb["network"]["n_parameters"]

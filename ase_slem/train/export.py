@@ -322,9 +322,10 @@ def export_union(parts: Sequence[Tuple[str | os.PathLike, Sequence[str]]], outpu
     """
     if not parts:
         raise ExportError("no networks given")
-    loaded = [(_load_part(path, use_ema), [str(op) for op in ops], str(path)) for path, ops in parts]
-    metas = [meta for (_, meta), _, _ in loaded]
-    for (_, meta), ops, path in loaded:
+    paths = [str(path) for path, _ in parts]
+    takes = [[str(op) for op in ops] for _, ops in parts]
+    models, metas = zip(*(_load_part(path, use_ema) for path in paths))
+    for meta, ops, path in zip(metas, takes, paths):
         if not ops:
             raise ExportError(f"{path}: name the operators to take from it (it predicts {', '.join(meta['operators'])})")
         missing = [op for op in ops if op not in meta["operators"]]
@@ -332,26 +333,26 @@ def export_union(parts: Sequence[Tuple[str | os.PathLike, Sequence[str]]], outpu
             raise ExportError(f"{path} does not predict {', '.join(missing)} (it predicts {', '.join(meta['operators'])})")
         for keys, what in _SHARED:
             if _dig(meta, keys) != _dig(metas[0], keys):
-                raise ExportError(f"{path} and {loaded[0][2]} differ in their {what} ({_dig(meta, keys)!r} against "
+                raise ExportError(f"{path} and {paths[0]} differ in their {what} ({_dig(meta, keys)!r} against "
                                   f"{_dig(metas[0], keys)!r}); the networks of one model file must share them")
-    taken = [op for _, ops, _ in loaded for op in ops]
+    taken = [op for ops in takes for op in ops]
     twice = sorted({op for op in taken if taken.count(op) > 1})
     if twice:
         raise ExportError(f"{', '.join(twice)} is taken from more than one network; take each operator from one")
-    source = {op: k for k, (_, ops, _) in enumerate(loaded) for op in ops}
+    source = {op: k for k, ops in enumerate(takes) for op in ops}
     first = metas[0]
     from .. import __version__
 
     meta = dict(first, name=name or first["name"], operators=[op for op in OPERATOR_NAMES if op in source],
                 created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 ase_slem_version=__version__, torch_version=torch.__version__)
-    h_meta = metas[source["hamiltonian"]] if "hamiltonian" in source else {}
-    meta["hamiltonian_baseline"] = h_meta.get("hamiltonian_baseline")
+    h_part = metas[source["hamiltonian"]] if "hamiltonian" in source else {}
+    meta["hamiltonian_baseline"] = h_part.get("hamiltonian_baseline")
     meta["network"] = {
         "type": first["network"]["type"], "weights": first["network"].get("weights"),
         "n_parameters": int(sum(m["network"].get("n_parameters", 0) for m in metas)),
         "parts": [{"operators": ops, "source": path, "network": m["network"], "training": m.get("training", {}),
-                   "hamiltonian_baseline": m.get("hamiltonian_baseline")} for (_, m), ops, path in loaded],
+                   "hamiltonian_baseline": m.get("hamiltonian_baseline")} for m, ops, path in zip(metas, takes, paths)],
     }
     meta["training"] = {k: v for k, v in first.get("training", {}).items() if k in ("frames", "split", "dataset")}
     follows = {"bands": "hamiltonian", "electrons": "density_matrix"}
@@ -367,16 +368,12 @@ def export_union(parts: Sequence[Tuple[str | os.PathLike, Sequence[str]]], outpu
     if recommended_overlap is not None:
         _check_recommended_overlap(recommended_overlap, meta)
         meta["recommended_overlap"] = recommended_overlap
-    models = [model.eval() for (model, _), _, _ in loaded]
-    dtype = next(models[0].parameters()).dtype
-    probe = _test_structure(meta["species"], meta["cutoffs"]["r_bond"], meta["periodic"])
-    from ..nn.graph import build_graph
-
-    g = build_graph(probe, meta["species"], meta["cutoffs"]["r_graph"], r_bond=meta["cutoffs"]["r_bond"], dtype=dtype)
-    with torch.no_grad():
-        shapes = [tuple(m.node_features(g.positions, g.species, g.edge_index, g.edge_shift).shape[::2]) for m in models]
-    wrapper = ScriptedSLEMUnion(models, [ops for _, ops, _ in loaded], shapes, dtype)
-    return _write_scripted(wrapper, output, meta, [(m, ops) for m, (_, ops, _) in zip(models, loaded)], check)
+    for model in models:
+        model.eval()
+    # node features of a SLEM: (n_layers + 1, N, hidden_irreps.dim)
+    shapes = [(len(m.layers) + 1, m.hidden_irreps.dim) for m in models]
+    wrapper = ScriptedSLEMUnion(models, takes, shapes, next(models[0].parameters()).dtype)
+    return _write_scripted(wrapper, output, meta, list(zip(models, takes)), check)
 
 
 def untrained_metadata(model: torch.nn.Module, name: str = "untrained", r_bond: Optional[float] = None,
