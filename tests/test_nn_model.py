@@ -4,13 +4,11 @@ strict locality, LEM, TorchScript."""
 import numpy as np
 import pytest
 import torch
+from ase import Atoms
+from e3nn import o3  # a required dependency: a missing e3nn must fail, not skip
 
-pytest.importorskip("e3nn")
-from ase import Atoms  # noqa: E402
-from e3nn import o3  # noqa: E402
-
-from ase_slem.nn.graph import build_graph  # noqa: E402
-from ase_slem.nn.slem import SLEM  # noqa: E402
+from ase_slem.nn.graph import build_graph
+from ase_slem.nn.slem import SLEM
 
 OPS = ("hamiltonian", "overlap", "density_matrix")
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
