@@ -586,22 +586,12 @@ def cmd_train(args) -> None:
         print(f"wrote {result.checkpoint} (step {result.step}), {result.best_checkpoint} and {result.metrics_csv}")
 
 
-def _export_part(text: str) -> tuple:
-    """'PATH:op,op' -> (PATH, [op, op]); a bare PATH -> (PATH, None)."""
-    from .model_file import OPERATOR_NAMES
-
-    path, sep, ops = text.rpartition(":")
-    names = [o.strip() for o in ops.split(",")] if sep else []
-    if not sep or not path or any(o not in OPERATOR_NAMES for o in names):
-        return text, None
-    return path, names
-
-
 def cmd_export(args) -> None:
     from .train import export_checkpoint
+    from .train.checkpoint import split_operators
     from .train.export import export_union
 
-    parts = [_export_part(p) for p in args.checkpoint]
+    parts = [split_operators(p) for p in args.checkpoint]
     if len(parts) == 1 and parts[0][1] is None:
         out = export_checkpoint(parts[0][0], args.output, use_ema=not args.raw_weights, name=args.name,
                                 recommended_overlap=args.recommend_overlap)
@@ -769,17 +759,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config setting in every config given, e.g. --set train.steps=2000 or "
-                        "--set train.init_from=models/si_pbe_dzvp.pt (repeatable; values read as YAML)")
+                        "--set train.init_from=models/si_pbe_dzvp.pt, or of a file that joins networks "
+                        "models/ethanol_pbe_svp.pt:hamiltonian (repeatable; values read as YAML)")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("export", help="write a checkpoint as a TorchScript model file with its metadata",
                        description="Write a training checkpoint as a TorchScript model file with its metadata. "
                                    "Several networks can make one file, each giving the operators named after "
                                    "its path: ase-slem export runs/h/checkpoints/last.pt:hamiltonian,overlap "
-                                   "models/d.pt:density_matrix -o models/NAME.pt")
+                                   "models/d.pt:density_matrix -o models/NAME.pt. From a file that already "
+                                   "joins networks, PATH:OPERATOR takes the one that gives it "
+                                   "(ase-slem export models/ethanol_pbe_svp.pt:density_matrix -o d.pt).")
     e.add_argument("checkpoint", nargs="+",
                    help="training checkpoint (e.g. runs/NAME/checkpoints/last.pt); or several, each as "
-                        "PATH:OPERATORS (checkpoints or model files; operators comma-separated)")
+                        "PATH:OPERATORS (checkpoints or model files; operators comma-separated; of a "
+                        "joined model file, the network that gives them)")
     e.add_argument("-o", "--output", required=True, help="model file to write (e.g. models/NAME.pt)")
     e.add_argument("--name", help="model name in the metadata (default: the config's name)")
     e.add_argument("--raw-weights", action="store_true", help="export the raw weights instead of their moving average")

@@ -86,9 +86,52 @@ def test_metadata_lists_the_parts_and_keeps_each_operators_errors(runs, capsys):
     assert main(["info", str(out)]) == 0
     text = capsys.readouterr().out
     assert "2 networks" in text and "network 1" in text and "hamiltonian: " in text and "overlap: " in text
-    # fine-tuning starts from one network, not a union
-    with pytest.raises(CheckpointError, match="joins 2 networks"):
+    # fine-tuning starts from one network: a union must be told which
+    with pytest.raises(CheckpointError, match="joins 2 networks.*name the one to take"):
         state_from_model_file(out)
+    with pytest.raises(CheckpointError, match="no one of its networks gives hamiltonian, overlap"):
+        state_from_model_file(out, ["hamiltonian", "overlap"])
+
+
+def test_a_network_comes_back_out_of_a_joined_file_whole(runs, capsys):
+    """The checkpoints of a joined file's networks may be gone: the file itself holds each network
+    whole, to fine-tune (train.init_from FILE:operator) or to join again with another."""
+    from ase_slem.cli import main
+    from ase_slem.train.config import ConfigError
+
+    root, a, b, _, _ = runs
+    joined = export_union([(a, ["hamiltonian"]), (b, ["overlap"])], root / "joined.pt")
+    alone_a, alone_b = load_model(root / "a.pt"), load_model(root / "b.pt")
+    state = state_from_model_file(joined, ["overlap"])
+    for key, value in state_from_model_file(root / "b.pt")["model"].items():
+        assert torch.equal(state["model"][key], value), key
+    assert state["metadata"]["operators"] == ["overlap"] and "parts" not in state["metadata"]["network"]
+    assert set(state["metadata"]["metrics"]["test"]) <= {"overlap"}
+    assert state["metadata"]["network"] == alone_b.metadata["network"]
+    # swap a network out: H from the joined file's first network, S from the first run
+    atoms = rattled_si()
+    swapped = predict(load_model(export_union([(joined, ["hamiltonian"]), (a, ["overlap"])], root / "swap.pt")), atoms)
+    assert swapped["hamiltonian"].max_abs_difference(predict(alone_a, atoms)["hamiltonian"]) < 1e-6
+    assert swapped["overlap"].max_abs_difference(predict(alone_a, atoms)["overlap"]) < 1e-6
+    # ... or take one network out alone, from the command line
+    assert main(["export", f"{joined}:overlap", "-o", str(root / "s_alone.pt")]) == 0
+    capsys.readouterr()
+    s_alone = predict(load_model(root / "s_alone.pt"), atoms)
+    assert set(s_alone) == {"overlap"}
+    assert s_alone["overlap"].max_abs_difference(predict(alone_b, atoms)["overlap"]) < 1e-6
+    # fine-tuning from the network of H in the joined file starts where that network is
+    frames = sk_silicon_frames(5, seed=60)
+    tuned = train(config_from_dict(tiny_config(root / "tuned", train={"steps": 1, "lr": 1e-12, "min_lr": 0.0, "seed": 1,
+                                                                      "init_from": f"{joined}:hamiltonian"})),
+                  frames=frames, log=quiet)
+    export_checkpoint(tuned.checkpoint, root / "tuned.pt", use_ema=False)
+    start = predict(load_model(root / "tuned.pt"), atoms)["hamiltonian"]
+    assert start.max_abs_difference(predict(alone_a, atoms)["hamiltonian"]) < 1e-4
+    for bad, match in ((str(joined), "joins 2 networks"), (f"{joined}:density_matrix", "no one of its networks"),
+                       (f"{a}:hamiltonian", "checkpoint of one network")):
+        with pytest.raises(ConfigError, match=match):
+            train(config_from_dict(tiny_config(root / "bad", train={"steps": 1, "init_from": bad})),
+                  frames=frames, log=quiet)
 
 
 def test_parts_that_do_not_fit_together_are_refused(runs, capsys):

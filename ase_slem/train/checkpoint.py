@@ -23,7 +23,7 @@ import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -147,33 +147,80 @@ def is_model_file(path: str | os.PathLike) -> bool:
     return True
 
 
-def state_from_model_file(path: str | os.PathLike) -> Dict[str, Any]:
+# the metadata's metrics that belong to an operator other than their name says
+METRIC_OPERATOR = {"bands": "hamiltonian", "electrons": "density_matrix"}
+
+
+def split_operators(text: str) -> Tuple[str, Optional[List[str]]]:
+    """``'PATH:op,op'`` -> ``(PATH, [op, op])``; a bare ``PATH`` -> ``(PATH, None)``.
+
+    The suffix names operators (``hamiltonian``, ``overlap``, ``density_matrix``): in
+    ``ase-slem export`` the ones to take from a network, in ``train.init_from`` the network of a
+    joined model file to start from.  A colon followed by anything else is part of the path."""
+    from ..model_file import OPERATOR_NAMES
+
+    path, sep, ops = str(text).rpartition(":")
+    names = [o.strip() for o in ops.split(",")] if sep else []
+    if not sep or not path or any(o not in OPERATOR_NAMES for o in names):
+        return str(text), None
+    return path, names
+
+
+def state_from_model_file(path: str | os.PathLike, operators: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """The parts of a checkpoint that an exported model file still holds, for fine-tuning
-    (``train.init_from: models/<name>.pt``): ``config``, ``model_args``, ``dtype``,
-    ``r_bond``, ``model`` (the exported -- usually EMA -- weights as a state dict of
-    :class:`~ase_slem.nn.slem.SLEM`), ``dataset`` (the split by frame name), ``step`` and
-    ``metadata`` (the file's whole metadata).
+    (``train.init_from: models/<name>.pt``) or for joining networks (``ase-slem export``):
+    ``config``, ``model_args``, ``dtype``, ``r_bond``, ``model`` (the exported -- usually EMA --
+    weights as a state dict of :class:`~ase_slem.nn.slem.SLEM`), ``dataset`` (the split by frame
+    name), ``step`` and ``metadata`` (the file's metadata, as a one-network file's).
+
+    A file that joins several networks (``ase-slem export A:ops B:ops``) holds each of them whole:
+    ``operators`` picks the one that gives them (``["hamiltonian"]``: the network of H), and the
+    metadata becomes that network's alone (its operators, settings, training record and metrics).
 
     Optimizer, EMA history and loss normalizers are not in a model file: ``ema`` and
     ``normalizers`` are None, and training refits the normalizers on the training split.
-    Raises :class:`CheckpointError` when the file lacks what fine-tuning needs."""
+    Raises :class:`CheckpointError` when the file lacks what fine-tuning needs, or joins networks
+    and ``operators`` does not name the operators of one of them."""
     from ..model_file import read_metadata
 
     meta = read_metadata(path)
     net, training = meta.get("network", {}), meta.get("training", {})
+    prefix = "model."
     if net.get("parts"):
-        sources = ", ".join(f"{p.get('source')} ({', '.join(p.get('operators', []))})" for p in net["parts"])
-        raise CheckpointError(f"{path} joins {len(net['parts'])} networks ({sources}); fine-tune one of them "
-                              "and export the union again")
+        k, part = _pick_part(path, net["parts"], operators)
+        net, training, prefix = part["network"], part.get("training", {}), f"parts.{k}."
+        given = list(part["operators"])
+        metrics = {split: {key: v for key, v in values.items() if METRIC_OPERATOR.get(key, key) in given}
+                   for split, values in (meta.get("metrics") or {}).items()}
+        meta = dict(meta, operators=given, network=net, training=training, metrics=metrics,
+                    hamiltonian_baseline=part.get("hamiltonian_baseline"))
+        meta.pop("recommended_overlap", None)
+    elif operators and any(op not in meta.get("operators", []) for op in operators):
+        raise CheckpointError(f"{path} does not predict {', '.join(operators)} "
+                              f"(it predicts {', '.join(meta.get('operators', []))})")
     if "args" not in net or "config" not in training or not training.get("split"):
         raise CheckpointError(
             f"{path}: the metadata lacks the network settings, training config or split that fine-tuning "
             "needs (a model file exported by an older ase_slem, or not from a training run)")
     scripted = torch.jit.load(str(path), map_location="cpu")
-    weights = {k[len("model."):]: v for k, v in scripted.state_dict().items() if k.startswith("model.")}
+    weights = {k[len(prefix):]: v for k, v in scripted.state_dict().items() if k.startswith(prefix)}
+    if not weights:
+        raise CheckpointError(f"{path}: no weights under '{prefix}' in the TorchScript archive (a damaged file?)")
     return {
         "config": training["config"], "model_args": net["args"], "dtype": meta["dtype"],
         "r_bond": float(meta["cutoffs"]["r_bond"]), "model": weights, "ema": None, "normalizers": None,
         "dataset": {"split": {k: list(v) for k, v in training["split"].items()}, "path": training.get("dataset")},
         "step": int(training.get("steps", 0)), "metadata": meta,
     }
+
+
+def _pick_part(path, parts: Sequence[Dict[str, Any]], operators: Optional[Sequence[str]]) -> Tuple[int, Dict[str, Any]]:
+    """(index, entry) of the network of a joined file that gives every one of ``operators``."""
+    listed = "; ".join(f"network {k} gives {', '.join(p.get('operators', []))}" for k, p in enumerate(parts))
+    if not operators:
+        raise CheckpointError(f"{path} joins {len(parts)} networks ({listed}); name the one to take by an operator "
+                              f"it gives, e.g. {path}:{parts[0]['operators'][0]}")
+    for k, part in enumerate(parts):
+        if all(op in part.get("operators", []) for op in operators):
+            return k, part
+    raise CheckpointError(f"{path}: no one of its networks gives {', '.join(operators)} ({listed})")

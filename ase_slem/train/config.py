@@ -163,7 +163,9 @@ class TrainConfig:
         quarter of a 2-atom cell's).
     init_from: start from the (EMA) weights and normalization of this checkpoint (fine-tuning,
         e.g. with the band term on); a new run with its own schedule and optimizer.  The model
-        section must equal the checkpoint's.
+        section must equal the checkpoint's.  An exported model file works too (its averaged
+        weights; the normalizers are refitted); of a file that joins networks, name the one to
+        start from by an operator it gives: ``models/ethanol_pbe_svp.pt:hamiltonian``.
     """
 
     steps: int = _required()

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from ..model_file import FORMAT_VERSION, METADATA_NAME, MODEL_FORMAT, OPERATOR_NAMES, load_model, predict
-from .checkpoint import build_model, is_model_file, load_checkpoint, state_from_model_file
+from .checkpoint import METRIC_OPERATOR, build_model, is_model_file, load_checkpoint, state_from_model_file
 from .._files import publish
 
 
@@ -273,10 +273,12 @@ def reexport_model_file(path: str | os.PathLike, output: str | os.PathLike, *, c
     return export_model(model, output, meta, check=check)
 
 
-def _load_part(path: str | os.PathLike, use_ema: bool) -> Tuple[torch.nn.Module, Dict[str, Any]]:
-    """(eager network, its metadata) of a checkpoint or a one-network model file."""
+def _load_part(path: str | os.PathLike, use_ema: bool,
+               operators: Optional[Sequence[str]] = None) -> Tuple[torch.nn.Module, Dict[str, Any]]:
+    """(eager network, its metadata) of a checkpoint or a model file (of a joined file: the
+    network that gives ``operators``)."""
     if is_model_file(path):
-        state = state_from_model_file(path)
+        state = state_from_model_file(path, operators)
         return _network(state), state["metadata"]
     state = load_checkpoint(path)
     return _network(state, use_ema), build_metadata(state, use_ema=use_ema)
@@ -312,7 +314,8 @@ def export_union(parts: Sequence[Tuple[str | os.PathLike, Sequence[str]]], outpu
                  recommended_overlap: Optional[str] = None) -> Path:
     """One model file from several networks, each giving the operators listed with it:
     ``parts = [("runs/h/checkpoints/last.pt", ["hamiltonian", "overlap"]), ("models/d.pt",
-    ["density_matrix"])]`` (checkpoints or one-network model files).
+    ["density_matrix"])]`` (checkpoints or model files; of a file that already joins networks,
+    the one that gives the operators listed, so a network can be swapped out of a joined file).
 
     The parts must share species, basis, cutoffs, DFT settings, dtype and the validation and
     test frames (so the stored errors stay held-out); each operator comes from one part.  The
@@ -324,7 +327,7 @@ def export_union(parts: Sequence[Tuple[str | os.PathLike, Sequence[str]]], outpu
         raise ExportError("no networks given")
     paths = [str(path) for path, _ in parts]
     takes = [[str(op) for op in ops] for _, ops in parts]
-    models, metas = zip(*(_load_part(path, use_ema) for path in paths))
+    models, metas = zip(*(_load_part(path, use_ema, ops) for path, ops in zip(paths, takes)))
     for meta, ops, path in zip(metas, takes, paths):
         if not ops:
             raise ExportError(f"{path}: name the operators to take from it (it predicts {', '.join(meta['operators'])})")
@@ -355,12 +358,11 @@ def export_union(parts: Sequence[Tuple[str | os.PathLike, Sequence[str]]], outpu
                    "hamiltonian_baseline": m.get("hamiltonian_baseline")} for m, ops, path in zip(metas, takes, paths)],
     }
     meta["training"] = {k: v for k, v in first.get("training", {}).items() if k in ("frames", "split", "dataset")}
-    follows = {"bands": "hamiltonian", "electrons": "density_matrix"}
     meta["metrics"] = {}
     for split in {s for m in metas for s in (m.get("metrics") or {})}:
         merged = {}
         for key in {k for m in metas for k in (m.get("metrics") or {}).get(split, {})}:
-            k = source.get(follows.get(key, key))
+            k = source.get(METRIC_OPERATOR.get(key, key))
             if k is not None and key in (metas[k].get("metrics") or {}).get(split, {}):
                 merged[key] = metas[k]["metrics"][split][key]
         meta["metrics"][split] = merged

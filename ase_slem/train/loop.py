@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 from ..io.dataset import Frame, frame_paths, read_frame
-from .checkpoint import (DTYPES, build_model, default_dtype, is_model_file, load_checkpoint, rng_state,
-                         save_checkpoint, set_rng_state, state_from_model_file)
+from .checkpoint import (DTYPES, CheckpointError, build_model, default_dtype, is_model_file, load_checkpoint,
+                         rng_state, save_checkpoint, set_rng_state, split_operators, state_from_model_file)
 from .config import RESUMABLE_CHANGES, Config, ConfigError, config_differences, load_config
 from .data import (OperatorNormalizer, Sample, TrainingDataError, average_neighbors, check_basis_matches,
                    check_frames, collate, dataset_basis, make_sample, normalized_loss_terms,
@@ -427,11 +427,21 @@ def _prepare_data(cfg: Config, frames, frame_names, state: Optional[dict], say,
 
 def _init_state(cfg: Config) -> dict:
     """The checkpoint ``train.init_from`` names, checked against the config."""
-    path = Path(cfg.train.init_from)
+    text, operators = split_operators(cfg.train.init_from)
+    path = Path(text)
     if not path.is_file():
         raise ConfigError(f"train.init_from: {path} does not exist (give the checkpoint or exported model "
                           "file to fine-tune from)")
-    init = state_from_model_file(path) if is_model_file(path) else load_checkpoint(path)
+    if is_model_file(path):
+        try:
+            init = state_from_model_file(path, operators)
+        except CheckpointError as err:
+            raise ConfigError(f"train.init_from: {err}") from None
+    elif operators:
+        raise ConfigError(f"train.init_from: {path} is a training checkpoint of one network; the suffix "
+                          f":{','.join(operators)} picks a network of a joined model file only, drop it")
+    else:
+        init = load_checkpoint(path)
     diffs = config_differences({"model": init["config"]["model"]}, {"model": cfg.to_dict()["model"]})
     # a stage may add the gated head branch to a model trained without it (it starts at zero)
     linear_heads = not init["model_args"].get("head_channels", 0)
