@@ -273,7 +273,7 @@ def test_isolated_atom_and_no_bonds():
 
 
 def test_outputs_to_operators():
-    ops_mod = pytest.importorskip("ase_slem.operators")
+    from ase_slem import operators as ops_mod
     from ase_slem.nn.slem import outputs_to_operators
 
     model = small_model({"C": [0, 1, 2], "H": [0, 1]}, r_cut=2.8, n_layers=1)
