@@ -24,7 +24,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 MODELS = ("si_pbe_dzvp", "water_pbe_svp", "ethanol_pbe_svp")
 # largest allowed mean absolute error (meV) on the fixture frames: bands (valence + 4 lowest
 # conduction) for silicon, occupied orbital energies for the molecules
-BOUNDS_MEV = {"si_pbe_dzvp": 20.0, "water_pbe_svp": 3.0, "ethanol_pbe_svp": 10.0}  # cards: si 4.9 (converged references), water 1.3, ethanol 3.32 meV (target 10)
+BOUNDS_MEV = {"si_pbe_dzvp": 20.0, "water_pbe_svp": 3.0, "ethanol_pbe_svp": 10.0}  # cards: si 4.9 (converged references), water 1.3, ethanol 3.02 meV (target 10)
 DESIGN = {  # DESIGN.md: the DFT settings each model was trained on
     "si_pbe_dzvp": ("pbe", "gth-dzvp-molopt-sr", True),
     "water_pbe_svp": ("pbe", "def2-svp", False),
